@@ -1,0 +1,41 @@
+"""Sub-commands of ``ibot``: one module each, registered with :func:`command`.
+
+A module here defines ``add_arguments(parser)`` and ``run(args) -> int`` and decorates them::
+
+    @command("knn", "weighted k-NN evaluation")(add_arguments)
+    def run(args): ...
+
+Modules import heavy dependencies inside ``run`` so that ``ibot --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+from collections.abc import Callable
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help_text: str):
+    """Register ``add_arguments`` under ``name``; the decorated function runs the command."""
+
+    def register(add_arguments: Callable[[argparse.ArgumentParser], None]):
+        def wrap(run: Callable[[argparse.Namespace], int]):
+            COMMANDS[name] = (help_text, add_arguments, run)
+            return run
+
+        return wrap
+
+    return register
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help that shows defaults and keeps hand-made line breaks."""
+
+
+def load_all() -> None:
+    """Import every module of this package, so each registers its command."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        importlib.import_module(f"{__name__}.{info.name}")

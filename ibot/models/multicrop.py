@@ -1,0 +1,37 @@
+"""Backbone + head over all crops of a step, in one call (so DDP sees a single forward)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ibot.models.head import IBOTHead
+
+
+class MultiCropWrapper(nn.Module):
+    """Runs the (masked) global crops and the local crops through ``backbone`` and ``head``.
+
+    Global crops give all tokens, so the head returns [CLS] and patch outputs; local crops (a
+    different resolution, never masked) contribute only their [CLS], as in the official code.
+    State-dict keys are ``backbone.*`` and ``head.*``, like the official teacher's.
+    """
+
+    def __init__(self, backbone: nn.Module, head: IBOTHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(
+        self,
+        global_crops: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        local_crops: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(G*B, 3, H, W), masks (G*B, h, w), (L*B, 3, h', w') ->
+        (cls (G*B, K), patch (G*B, N, K2), local_cls (L*B, K) or None)."""
+        tokens = self.backbone(global_crops, mask=masks, return_all_tokens=True)  # (G*B, 1 + N, D)
+        cls, patch = self.head(tokens)
+        local_cls = None
+        if local_crops is not None:
+            local_cls = self.head(self.backbone(local_crops))  # (L*B, D) -> (L*B, K)
+        return cls, patch, local_cls

@@ -1,0 +1,113 @@
+"""Progress bar and JSON-lines log of a run (one line per N steps and per epoch)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+
+class EpochMeter:
+    """Running sums over the steps of one epoch. Loss terms stay on the device until read, so
+    logging is the only host-device synchronisation."""
+
+    def __init__(self, bar: tqdm | None) -> None:
+        self.bar = bar
+        self.sums: dict[str, torch.Tensor] = {}  # over the epoch
+        self.window_sums: dict[str, torch.Tensor] = {}  # since the last step record
+        self.steps = self.window_steps = self.images = self.n_skipped = 0
+        self.data_time = self.compute_time = 0.0
+        self.skipped_example: str | None = None
+        self.epoch_start = self.window_start = time.perf_counter()
+        self.window_images = 0
+
+    def update(self, losses: dict[str, torch.Tensor], batch_size: int, data_time: float, compute_time: float,
+               n_skipped: int = 0, skipped_example: str | None = None) -> None:
+        for sums in (self.sums, self.window_sums):
+            for key, value in losses.items():
+                sums[key] = sums[key] + value if key in sums else value.clone()
+        self.steps += 1
+        self.window_steps += 1
+        self.images += batch_size
+        self.window_images += batch_size
+        self.data_time += data_time
+        self.compute_time += compute_time
+        self.n_skipped += n_skipped
+        self.skipped_example = self.skipped_example or skipped_example
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def summary(self, window: bool = True) -> dict[str, float]:
+        """Mean losses since the last step record (``window``) or over the epoch, throughput since
+        the last call, data/compute split, skipped images."""
+        now = time.perf_counter()
+        sums, steps = (self.window_sums, self.window_steps) if window else (self.sums, self.steps)
+        out = {k: float(v) / max(steps, 1) for k, v in sums.items()}
+        if window:
+            out["img_per_s"] = self.window_images / max(now - self.window_start, 1e-9)
+        else:
+            out["img_per_s"] = self.images / max(now - self.epoch_start, 1e-9)
+        self.window_sums, self.window_steps = {}, 0
+        busy = self.data_time + self.compute_time
+        out["data_fraction"] = self.data_time / busy if busy else 0.0
+        out["skipped_images"] = self.n_skipped
+        self.window_start, self.window_images = time.perf_counter(), 0
+        return out
+
+
+class RunLogger:
+    """Writes ``log.jsonl`` in the output folder and draws a progress bar (main process only)."""
+
+    def __init__(self, output_dir: Path, enabled: bool = True, progress: bool = True) -> None:
+        self.enabled = enabled
+        self.progress = progress and enabled
+        self.path = Path(output_dir) / "log.jsonl"
+        self.records: list[dict[str, Any]] = []
+        self.bar: tqdm | None = None
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            tqdm.write(message, file=sys.stderr)
+
+    def start_epoch(self, epoch: int, steps: int, start_step: int = 0) -> EpochMeter:
+        if self.progress:
+            self.bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch}", unit="step",
+                            dynamic_ncols=True, leave=False, file=sys.stderr)
+        return EpochMeter(self.bar)
+
+    def log_step(self, meter: EpochMeter, fields: dict[str, Any]) -> None:
+        record = {"type": "step", **fields, **meter.summary()}
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.1f}")
+        self._write(record)
+
+    def end_epoch(self, meter: EpochMeter, fields: dict[str, Any]) -> None:
+        summary = meter.summary(window=False)
+        record = {"type": "epoch", **fields, **summary, "steps": meter.steps}
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if meter.n_skipped:
+            record["skipped_example"] = meter.skipped_example
+        self._write(record)
+        self.info(f"epoch {fields['epoch']}: loss {summary.get('loss', float('nan')):.4f} "
+                  f"(cls {summary.get('cls', float('nan')):.4f}, patch {summary.get('patch', float('nan')):.4f}), "
+                  f"lr {fields.get('lr', 0):.2e}" + (f", skipped {meter.n_skipped} unreadable images "
+                                                    f"(e.g. {meter.skipped_example})" if meter.n_skipped else ""))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

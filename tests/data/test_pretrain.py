@@ -1,0 +1,183 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ibot.data.datasets import CorruptImageError, build_dataset
+from ibot.data.masking import MaskGenerator
+from ibot.data.pretrain import (
+    EpochBatchSampler,
+    PretrainBatch,
+    PretrainDataset,
+    collate_pretrain,
+)
+from ibot.data.transforms import MultiCropAugmentation
+
+STRIDE = 8
+
+
+class Images(Dataset):
+    """``n`` random 40 x 40 images (image i: noise drawn with seed i); the indices in
+    ``corrupt`` raise :class:`CorruptImageError` like an unreadable file."""
+
+    def __init__(self, n, corrupt=()):
+        self.n, self.corrupt = n, set(corrupt)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        if index in self.corrupt:
+            raise CorruptImageError(f"img{index}.jpg", "truncated")
+        pixels = np.random.default_rng(index).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        return Image.fromarray(pixels), index % 3
+
+
+class Identity:
+    """Stand-in augmentation: every crop is the image itself, unchanged (40 x 40)."""
+
+    global_crops_number = 2
+
+    def __call__(self, image):
+        crop = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+        return [crop.float()] * 3
+
+
+def _dataset(n=12, corrupt=(), local_crops_number=2, augmentation=None):
+    augmentation = augmentation or MultiCropAugmentation(
+        global_crops_size=32, local_crops_size=16, local_crops_number=local_crops_number
+    )
+    masks = MaskGenerator(pred_ratio=[0.0, 0.3], pred_ratio_var=[0.0, 0.2])
+    return PretrainDataset(Images(n, corrupt), augmentation, masks, mask_stride=STRIDE, seed=7)
+
+
+def _same_sample(a, b):
+    pairs = zip(a.global_crops + a.local_crops + a.masks, b.global_crops + b.local_crops + b.masks)
+    return all(torch.equal(x, y) for x, y in pairs)
+
+
+def _same_batch(a, b):
+    return (
+        torch.equal(a.global_crops, b.global_crops)
+        and torch.equal(a.local_crops, b.local_crops)
+        and torch.equal(a.masks, b.masks)
+        and (a.n_skipped, a.skipped_example) == (b.n_skipped, b.skipped_example)
+    )
+
+
+def test_sample_is_a_function_of_epoch_and_index():
+    ds = _dataset()
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    a, b = ds[(1, 5)], ds[(1, 5)]
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
+    assert _same_sample(a, b)
+    assert not torch.equal(a.global_crops[0], ds[(2, 5)].global_crops[0])
+    assert not torch.equal(a.global_crops[0], ds[(1, 6)].global_crops[0])
+    assert [tuple(m.shape) for m in a.masks] == [(4, 4), (4, 4)] and a.masks[0].dtype == torch.bool
+    assert (a.n_skipped, a.skipped_example) == (0, None)
+
+
+def test_masks_vary_across_samples():
+    ds = _dataset()
+    masks = torch.stack([m for i in range(12) for m in ds[(0, i)].masks])
+    assert masks.any() and not masks.all(dim=(1, 2)).any()  # some masked, none fully
+    assert len({m.numpy().tobytes() for m in masks}) > 2
+
+
+def test_collate_is_crop_major():
+    ds = _dataset()
+    items = [ds[(0, i)] for i in (3, 1, 4)]
+    batch = collate_pretrain(items)
+    assert isinstance(batch, PretrainBatch)
+    assert batch.global_crops.shape == (6, 3, 32, 32)
+    assert batch.local_crops.shape == (6, 3, 16, 16)
+    assert batch.masks.shape == (6, 4, 4) and batch.masks.dtype == torch.bool
+    for c in range(2):
+        for i, item in enumerate(items):
+            assert torch.equal(batch.global_crops[c * 3 + i], item.global_crops[c])
+            assert torch.equal(batch.local_crops[c * 3 + i], item.local_crops[c])
+            assert torch.equal(batch.masks[c * 3 + i], item.masks[c])
+    no_local = collate_pretrain([_dataset(local_crops_number=0)[(0, i)] for i in range(2)])
+    assert no_local.local_crops is None and no_local.global_crops.shape == (4, 3, 32, 32)
+
+
+def test_corrupt_images_are_replaced_by_the_next_and_counted():
+    ds = _dataset(corrupt={1, 2, 11}, augmentation=Identity())
+    sample = ds[(0, 1)]
+    assert (sample.n_skipped, sample.skipped_example) == (2, "img1.jpg")
+    assert torch.equal(sample.global_crops[0], ds[(0, 3)].global_crops[0])  # image 3 used
+    wrapped = ds[(0, 11)]
+    assert wrapped.n_skipped == 1
+    assert torch.equal(wrapped.global_crops[0], ds[(0, 0)].global_crops[0])  # wraps to image 0
+    batch = collate_pretrain([ds[(0, i)] for i in (0, 1, 11)])
+    assert (batch.n_skipped, batch.skipped_example) == (3, "img1.jpg")
+    with pytest.raises(ValueError, match="no readable image"):
+        _dataset(n=3, corrupt={0, 1, 2}, augmentation=Identity())[(0, 0)]
+
+
+def test_dataloader_workers_give_the_same_batches():
+    ds = _dataset(corrupt={4})
+
+    def batches(num_workers):
+        sampler = EpochBatchSampler(len(ds), 4, seed=1, start_epoch=2)
+        loader = DataLoader(
+            ds, batch_sampler=sampler, collate_fn=collate_pretrain, num_workers=num_workers
+        )
+        return list(loader)
+
+    serial, parallel = batches(0), batches(2)
+    assert len(serial) == len(parallel) == 3
+    assert all(_same_batch(a, b) for a, b in zip(serial, parallel))
+    assert sum(b.n_skipped for b in serial) == 1
+
+
+def test_sampler_union_of_ranks_equals_the_single_process_batch():
+    single = EpochBatchSampler(50, 8, seed=3, start_epoch=4)
+    ranks = [EpochBatchSampler(50, 8, world_size=2, rank=r, seed=3, start_epoch=4) for r in (0, 1)]
+    assert len(single) == len(ranks[0]) == 6  # 50 // 8, last batch dropped
+    one, (zero_half, one_half) = list(single), [list(s) for s in ranks]
+    assert len(one) == len(zero_half) == 6
+    for full, a, b in zip(one, zero_half, one_half):
+        assert len(a) == len(b) == 4 and not set(a) & set(b)
+        assert a + b == full and all(epoch == 4 for epoch, _ in full)
+    indices = [i for batch in one for _, i in batch]
+    assert len(set(indices)) == 48 and set(indices) <= set(range(50))
+
+
+def test_sampler_epochs_and_resume():
+    sampler = EpochBatchSampler(20, 4, seed=0)
+    epoch0, epoch1 = list(sampler), list(sampler)  # each __iter__ is one epoch, then the next
+    assert {e for b in epoch0 for e, _ in b} == {0} and {e for b in epoch1 for e, _ in b} == {1}
+    assert [i for b in epoch0 for _, i in b] != [i for b in epoch1 for _, i in b]
+    resumed = EpochBatchSampler(20, 4, seed=0, start_epoch=1, start_step=3)
+    assert len(resumed) == 5
+    assert list(resumed) == epoch1[3:]
+    assert (resumed.epoch, resumed.start_step) == (2, 0)
+    assert list(resumed) == list(EpochBatchSampler(20, 4, seed=0).batches(2))
+    assert list(EpochBatchSampler(20, 4, seed=1).batches(0)) != epoch0
+
+
+def test_sampler_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        EpochBatchSampler(100, 10, world_size=3, rank=0)
+    with pytest.raises(ValueError, match="rank"):
+        EpochBatchSampler(100, 10, world_size=2, rank=2)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        EpochBatchSampler(5, 8)
+    with pytest.raises(ValueError, match="start_step"):
+        EpochBatchSampler(20, 4, start_step=5)
+
+
+def test_fashion_mnist_end_to_end(monkeypatch):
+    monkeypatch.setenv("IBOT_FASHION_MNIST", "subset")
+    aug = MultiCropAugmentation(global_crops_size=32, local_crops_size=16, local_crops_number=1)
+    masks = MaskGenerator(pred_ratio=0.3, pred_ratio_var=0.0)
+    ds = PretrainDataset(build_dataset("fashion-mnist"), aug, masks, mask_stride=16, seed=0)
+    sampler = EpochBatchSampler(len(ds), 2, seed=0)
+    batch = collate_pretrain([ds[key] for key in next(iter(sampler))])
+    assert batch.global_crops.shape == (4, 3, 32, 32) and batch.local_crops.shape == (2, 3, 16, 16)
+    assert batch.masks.shape == (4, 2, 2)
+    assert batch.to("cpu").masks.dtype == torch.bool

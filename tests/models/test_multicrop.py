@@ -1,0 +1,53 @@
+import torch
+
+from ibot.hub import load_official_checkpoint
+from ibot.models import IBOTHead, MultiCropWrapper, swin_tiny, vit_tiny
+
+
+def student(**head_kwargs):
+    backbone = vit_tiny(patch_size=8, img_size=32, embed_dim=32, depth=1, num_heads=2, masked_im_modeling=True)
+    head = IBOTHead(32, 16, patch_out_dim=12, hidden_dim=16, bottleneck_dim=8, **head_kwargs)
+    return MultiCropWrapper(backbone, head).eval()
+
+
+@torch.no_grad()
+def test_outputs_are_head_of_backbone_per_crop_kind():
+    model = student()
+    model.backbone.masked_embed.normal_()
+    global_crops, local_crops = torch.randn(4, 3, 32, 32), torch.randn(6, 3, 16, 16)
+    masks = torch.rand(4, 4, 4) > 0.5
+    cls, patch, local_cls = model(global_crops, masks, local_crops)
+    assert cls.shape == (4, 16) and patch.shape == (4, 16, 12) and local_cls.shape == (6, 16)
+    expected_cls, expected_patch = model.head(model.backbone(global_crops, mask=masks, return_all_tokens=True))
+    torch.testing.assert_close(cls, expected_cls)
+    torch.testing.assert_close(patch, expected_patch)
+    torch.testing.assert_close(local_cls, model.head(model.backbone(local_crops)))
+    # the masks reach the backbone; local crops are optional
+    assert not torch.allclose(model(global_crops)[0], cls)
+    assert model(global_crops)[2] is None
+
+
+def test_one_backward_reaches_every_parameter():
+    model = student().train()
+    cls, patch, local_cls = model(torch.randn(2, 3, 32, 32), torch.zeros(2, 4, 4, dtype=torch.bool),
+                                  torch.randn(2, 3, 16, 16))
+    (cls.sum() + patch.sum() + local_cls.sum()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def test_swin_student_gives_pooled_and_last_stage_tokens():
+    backbone = swin_tiny(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), masked_im_modeling=True)
+    model = MultiCropWrapper(backbone, IBOTHead(backbone.embed_dim, 16, hidden_dim=16, bottleneck_dim=8)).eval()
+    cls, patch, local_cls = model(torch.randn(2, 3, 64, 64), torch.ones(2, 2, 2, dtype=torch.bool),
+                                  torch.randn(3, 3, 32, 32))
+    assert cls.shape == (2, 16) and patch.shape == (2, 4, 16) and local_cls.shape == (3, 16)
+
+
+def test_official_teacher_state_dict_loads_as_is(fixtures_dir):
+    # the official teacher is MultiCropWrapper(backbone, head): keys backbone.* and head.*
+    backbone_state, head_state = load_official_checkpoint(fixtures_dir / "vit_full_checkpoint.pth", "teacher")
+    state = {f"backbone.{k}": v for k, v in backbone_state.items()} | {f"head.{k}": v for k, v in head_state.items()}
+    model = MultiCropWrapper(vit_tiny(depth=3), IBOTHead(192, 512, hidden_dim=256, bottleneck_dim=64, shared_head=True))
+    model.load_state_dict(state, strict=True)
+    assert set(model.state_dict()) == set(state)

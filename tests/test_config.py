@@ -1,0 +1,70 @@
+import pytest
+
+from ibot.config import PRESETS, config_from_dict, get_preset, resolve_config
+
+
+def test_official_vit_small_recipe():
+    cfg = get_preset("vit_small_16")
+    assert (cfg.model.arch, cfg.model.patch_size, cfg.model.out_dim) == ("vit_small", 16, 8192)
+    assert cfg.model.norm_last_layer is False and cfg.model.shared_head is True
+    assert cfg.mask.pred_ratio == [0.0, 0.3] and cfg.mask.pred_ratio_var == [0.0, 0.2]
+    assert (cfg.data.local_crops_number, cfg.data.local_crops_size) == (10, 96)
+    assert cfg.data.global_crops_scale == (0.25, 1.0) and cfg.data.local_crops_scale == (0.05, 0.25)
+    assert (cfg.loss.teacher_temp, cfg.loss.teacher_patch_temp, cfg.loss.warmup_teacher_temp_epochs) == (0.07, 0.07, 30)
+    assert (cfg.optim.lr, cfg.optim.clip_grad, cfg.optim.momentum_teacher) == (5e-4, 3.0, 0.996)
+    assert (cfg.optim.weight_decay, cfg.optim.weight_decay_end, cfg.optim.epochs) == (0.04, 0.4, 800)
+
+
+def test_swin_and_vit_base_recipes():
+    swin = get_preset("swin_tiny_14")
+    assert (swin.model.arch, swin.model.patch_size, swin.model.window_size) == ("swin_tiny", 4, 14)
+    assert swin.mask.pred_start_epoch == 50 and swin.optim.epochs == 300
+    assert get_preset("swin_tiny_7").model.window_size == 7
+    base = get_preset("vit_base_16")
+    assert base.model.norm_last_layer and base.optim.freeze_last_layer == 3 and base.optim.epochs == 400
+    assert get_preset("vit_base_16_rand").mask.pred_shape == "rand"
+
+
+def test_presets_are_independent_copies():
+    a = get_preset("vit_small_16")
+    a.mask.pred_ratio.append(0.9)
+    assert get_preset("vit_small_16").mask.pred_ratio == [0.0, 0.3]
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: cpu\noptim:\n  lr: 0.002\n  epochs: 3\nmask:\n  pred_ratio: 0.4\n")
+    cfg = resolve_config(None, path, ["optim.epochs=5", "data.global_crops_scale=[0.3, 1]"])
+    assert cfg.model.arch == "vit_tiny"  # from the preset named in the file
+    assert cfg.optim.lr == 0.002 and cfg.optim.epochs == 5
+    assert cfg.mask.pred_ratio == 0.4
+    assert cfg.data.global_crops_scale == (0.3, 1.0)
+
+
+def test_round_trip_through_dict():
+    cfg = resolve_config("swin_tiny_7", overrides=["run.seed=3"])
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "Did you mean 'optim.lr'"),
+    ("optimm.lr=1", "Did you mean 'optim.lr'"),
+    ("optim.epochs=abc", "optim.epochs"),
+    ("model.shared_head=maybe", "true or false"),
+    ("data.global_crops_size=30", "not divisible"),
+    ("mask.pred_shape=grid", "mask.pred_shape"),
+])
+def test_bad_overrides_name_the_option(override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        resolve_config("cpu", overrides=[override])
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(ValueError, match="Did you mean 'vit_small_16'"):
+        get_preset("vit_smal_16")
+    assert "cpu" in PRESETS
+
+
+def test_missing_yaml_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        resolve_config("cpu", tmp_path / "nope.yaml")

@@ -1,0 +1,235 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ibot.loss import IBOTLoss
+
+
+def official_fixture(name: str) -> Path:
+    """A file of ``<repo>/../shared/fixtures/official``; skips the test when it is absent."""
+    path = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official" / name
+    if not path.is_file():
+        pytest.skip(f"official fixture {path} not found (see shared/fixtures/README.md)")
+    return path
+
+
+def make_loss(**overrides) -> IBOTLoss:
+    kwargs = dict(
+        out_dim=16, patch_out_dim=12, ngcrops=2, nlcrops=3, warmup_teacher_temp=0.04,
+        teacher_temp=0.07, warmup_teacher_temp2=0.04, teacher_temp2=0.07,
+        warmup_teacher_temp_epochs=3, nepochs=10,
+    )
+    kwargs.update(overrides)
+    return IBOTLoss(**kwargs)
+
+
+def random_inputs(gen: torch.Generator, batch=3, ngcrops=2, nlcrops=3, grid=(2, 3)):
+    """Crop-major random logits for make_loss's sizes (K=16, K2=12) and random masks."""
+    rows, n = ngcrops * batch, grid[0] * grid[1]
+    student = (torch.randn(rows, 16, generator=gen), torch.randn(rows, n, 12, generator=gen))
+    teacher = (torch.randn(rows, 16, generator=gen), torch.randn(rows, n, 12, generator=gen))
+    local = torch.randn(nlcrops * batch, 16, generator=gen) if nlcrops else None
+    masks = [torch.rand(batch, *grid, generator=gen) < 0.5 for _ in range(ngcrops)]
+    return student, teacher, local, masks
+
+
+def test_matches_official_loss_over_four_calls():
+    ref = torch.load(official_fixture("vit_loss_reference.pt"), weights_only=True)
+    cfg = ref["config"]
+    renamed = {"global_crops": "ngcrops", "local_crops": "nlcrops", "epochs": "nepochs"}
+    loss = IBOTLoss(**{renamed.get(key, key): value for key, value in cfg.items()})
+    assert len(ref["steps"]) == 4
+    for step in ref["steps"]:
+        out = loss(
+            student_output=(step["student_cls"], step["student_patch"]),
+            teacher_output=(step["teacher_cls"], step["teacher_patch"]),
+            student_local_cls=step["student_local_cls"],
+            student_mask=step["masks"],
+            epoch=step["epoch"],
+        )
+        for key in ("cls", "patch", "loss"):
+            assert out[key].item() == pytest.approx(step["expected"][key], rel=1e-5), key
+        torch.testing.assert_close(loss.center, step["center_after"], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(loss.center2, step["center2_after"], rtol=1e-5, atol=1e-7)
+
+
+def test_buffers_in_state_dict():
+    state = make_loss().state_dict()
+    assert state["center"].shape == (1, 16) and state["center2"].shape == (1, 1, 12)
+
+
+def test_no_masked_token_gives_zero_patch_loss():
+    gen = torch.Generator().manual_seed(0)
+    (s_cls, s_patch), teacher, local, masks = random_inputs(gen)
+    s_patch.requires_grad_(True)
+    out = make_loss()((s_cls, s_patch), teacher, local, [torch.zeros_like(m) for m in masks], 0)
+    assert out["patch"].item() == 0.0
+    assert out["cls"].item() > 0
+    assert out["loss"].item() == pytest.approx(out["cls"].item(), rel=1e-6)
+    out["loss"].backward()
+    assert torch.count_nonzero(s_patch.grad) == 0
+
+
+def test_only_masked_tokens_count():
+    gen = torch.Generator().manual_seed(1)
+    (s_cls, s_patch), teacher, local, masks = random_inputs(gen)
+    before = make_loss()((s_cls, s_patch), teacher, local, masks, 0)["patch"]
+    unmasked = ~torch.cat(masks).flatten(1)  # (G*B, N)
+    noise = 5.0 * torch.randn(s_patch.shape, generator=gen)
+    s_patch_changed = s_patch + noise * unmasked[..., None]
+    after = make_loss()((s_cls, s_patch_changed), teacher, local, masks, 0)["patch"]
+    assert after.item() == pytest.approx(before.item(), rel=1e-6)
+
+
+def test_identical_distributions_reach_entropy_lower_bound():
+    """Teacher temperature = student temperature and all crops alike: cross-entropy = entropy."""
+    gen = torch.Generator().manual_seed(2)
+    batch, ngcrops, nlcrops, n = 4, 2, 2, 5
+    temps = dict(
+        warmup_teacher_temp=0.1, teacher_temp=0.1, warmup_teacher_temp2=0.1, teacher_temp2=0.1
+    )
+    loss = make_loss(**temps, nlcrops=nlcrops)
+    z = torch.randn(batch, 16, generator=gen)
+    patch = torch.randn(ngcrops * batch, n, 12, generator=gen)
+    g_cls, l_cls = z.repeat(ngcrops, 1), z.repeat(nlcrops, 1)
+    masks = torch.ones(ngcrops * batch, 1, n, dtype=torch.bool)
+    out = loss((g_cls, patch), (g_cls, patch), l_cls, masks, 0)
+
+    def entropy(logits):
+        p = F.softmax(logits / 0.1, dim=-1)
+        return -(p * p.log()).sum(-1).mean()
+
+    assert out["cls"].item() == pytest.approx(entropy(z).item(), rel=1e-5)
+    assert out["patch"].item() == pytest.approx(entropy(patch).item(), rel=1e-5)
+    # any other student distribution costs more (Gibbs' inequality); a fresh loss has zero centres
+    noisy_student = (
+        g_cls + 0.3 * torch.randn(g_cls.shape, generator=gen),
+        patch + 0.3 * torch.randn(patch.shape, generator=gen),
+    )
+    noisy = make_loss(**temps, nlcrops=nlcrops)(noisy_student, (g_cls, patch), l_cls, masks, 0)
+    assert noisy["cls"] > out["cls"] and noisy["patch"] > out["patch"]
+
+
+def test_invariant_to_a_constant_added_to_teacher_logits():
+    gen = torch.Generator().manual_seed(3)
+    loss_a, loss_b = make_loss(), make_loss()
+    for epoch in (0, 1, 4):
+        student, (t_cls, t_patch), local, masks = random_inputs(gen)
+        a = loss_a(student, (t_cls, t_patch), local, masks, epoch)
+        b = loss_b(student, (t_cls + 7.0, t_patch - 3.0), local, masks, epoch)
+        for key in a:
+            assert b[key].item() == pytest.approx(a[key].item(), rel=1e-5)
+    shift = 1 - 0.9**3
+    torch.testing.assert_close(loss_b.center - loss_a.center, torch.full((1, 16), 7 * shift))
+    torch.testing.assert_close(loss_b.center2 - loss_a.center2, torch.full((1, 1, 12), -3 * shift))
+
+
+def test_center_is_ema_of_raw_teacher_means_and_updated_after_the_loss():
+    gen = torch.Generator().manual_seed(4)
+    loss = make_loss(center_momentum=0.8, center_momentum2=0.6)
+    student, (t_cls, t_patch), local, masks = random_inputs(gen)
+    first = loss(student, (t_cls, t_patch), local, masks, 0)
+    torch.testing.assert_close(loss.center, 0.2 * t_cls.mean(0, keepdim=True))
+    torch.testing.assert_close(loss.center2, 0.4 * t_patch.mean((0, 1)).view(1, 1, -1))
+    # the first call used zero centres: a fresh loss gives the same value
+    fresh = make_loss()(student, (t_cls, t_patch), local, masks, 0)
+    assert fresh["loss"].item() == first["loss"].item()
+
+
+def test_center_is_averaged_over_processes(monkeypatch):
+    """Two ranks with half the batch each end with the centres of one process with all of it."""
+    gen = torch.Generator().manual_seed(5)
+    student, (t_cls, t_patch), local, masks = random_inputs(gen, batch=4)
+    full = make_loss()
+    full(student, (t_cls, t_patch), local, masks, 0)
+
+    def half(x, crops, rank):  # rank's 2 images of each crop, crop-major
+        return x.unflatten(0, (crops, 4))[:, 2 * rank:2 * rank + 2].flatten(0, 1)
+
+    other_sums = {
+        16: half(t_cls, 2, 1).sum(0, keepdim=True),
+        12: half(t_patch, 2, 1).mean(1).sum(0, keepdim=True),
+    }
+
+    def all_reduce(tensor):  # rank 1's sums, told apart by width (K=16, K2=12)
+        tensor += other_sums[tensor.shape[-1]]
+
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    rank0 = make_loss()
+    rank0(
+        (half(student[0], 2, 0), half(student[1], 2, 0)), (half(t_cls, 2, 0), half(t_patch, 2, 0)),
+        half(local, 3, 0), [m[:2] for m in masks], 0,
+    )
+    torch.testing.assert_close(rank0.center, full.center)
+    torch.testing.assert_close(rank0.center2, full.center2)
+
+
+def test_teacher_temperature_schedules():
+    loss = make_loss(warmup_teacher_temp_epochs=3, nepochs=10, mim_start_epoch=4)
+    np.testing.assert_allclose(loss.teacher_temp_schedule, [0.04, 0.055] + [0.07] * 8)
+    np.testing.assert_allclose(loss.teacher_temp2_schedule, [0.04] * 5 + [0.055] + [0.07] * 4)
+    # the shifted patch temperature is what the loss uses: epoch 2 patch loss == epoch 0 patch loss
+    gen = torch.Generator().manual_seed(6)
+    student, teacher, local, masks = random_inputs(gen)
+    shifted = loss(student, teacher, local, masks, 2)
+    at_0 = make_loss()(student, teacher, local, masks, 0)
+    at_2 = make_loss()(student, teacher, local, masks, 2)
+    assert shifted["patch"].item() == pytest.approx(at_0["patch"].item(), rel=1e-6)
+    assert shifted["cls"].item() == pytest.approx(at_2["cls"].item(), rel=1e-6)
+    assert shifted["patch"].item() != pytest.approx(at_2["patch"].item(), rel=1e-3)
+
+
+def test_mask_as_one_tensor_equals_list_and_local_crops_optional():
+    gen = torch.Generator().manual_seed(7)
+    student, teacher, local, masks = random_inputs(gen)
+    from_list = make_loss()(student, teacher, local, masks, 1)
+    from_tensor = make_loss()(student, teacher, local, torch.cat(masks), 1)
+    for key in from_list:
+        assert from_tensor[key].item() == from_list[key].item()
+    out = make_loss(nlcrops=0)(student, teacher, None, masks, 1)
+    assert torch.isfinite(out["loss"])
+
+
+def test_mixed_precision_keeps_float32_sums():
+    gen = torch.Generator().manual_seed(10)
+    student, teacher, local, masks = random_inputs(gen)
+    full = make_loss()(student, teacher, local, masks, 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = make_loss()(student, teacher, local, masks, 0)
+    for key in full:
+        assert mixed[key].dtype == torch.float32
+        assert mixed[key].item() == pytest.approx(full[key].item(), rel=1e-5)
+
+
+def test_gradients_reach_student_only():
+    gen = torch.Generator().manual_seed(8)
+    (s_cls, s_patch), (t_cls, t_patch), local, masks = random_inputs(gen)
+    for t in (s_cls, s_patch, t_cls, t_patch, local):
+        t.requires_grad_(True)
+    make_loss()((s_cls, s_patch), (t_cls, t_patch), local, masks, 0)["loss"].backward()
+    assert t_cls.grad is None and t_patch.grad is None
+    assert all(t.grad.abs().sum() > 0 for t in (s_cls, s_patch, local))
+
+
+def test_bad_inputs_raise():
+    gen = torch.Generator().manual_seed(9)
+    student, teacher, local, masks = random_inputs(gen)
+    loss = make_loss()
+    with pytest.raises(ValueError, match="epoch"):
+        loss(student, teacher, local, masks, 10)
+    with pytest.raises(ValueError, match="student_mask"):
+        loss(student, teacher, local, [torch.zeros(3, 3, 3, dtype=torch.bool)] * 2, 0)
+    with pytest.raises(ValueError, match="student_mask"):
+        loss(student, teacher, local, masks[:1], 0)
+    with pytest.raises(ValueError, match="crops"):
+        loss(student, teacher, local[:3], masks, 0)
+    with pytest.raises(ValueError, match="nepochs"):
+        make_loss(warmup_teacher_temp_epochs=8, mim_start_epoch=4)
+    with pytest.raises(ValueError, match="ngcrops"):
+        make_loss(ngcrops=1, nlcrops=0)

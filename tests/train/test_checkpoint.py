@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from ibot.train import checkpoint as ckpt
+
+
+def test_round_trip_with_shared_tensors_and_optimizer(tmp_path):
+    weight = torch.randn(4, 3)
+    model = torch.nn.Linear(3, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    opt_tensors, groups = ckpt.optimizer_to_tensors(opt.state_dict())
+    tensors = {"a.weight": weight, "b.weight": weight, **opt_tensors}  # a shared tensor, as a shared head
+    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", tensors, {"epoch": 3, "config": {"x": [1, 2]}})
+    loaded, meta = ckpt.load_checkpoint(path)
+    assert meta["epoch"] == 3 and meta["config"] == {"x": [1, 2]} and meta["format"] == "ibot-checkpoint"
+    assert torch.equal(loaded["a.weight"], weight) and torch.equal(loaded["b.weight"], weight)
+    restored = ckpt.optimizer_from_tensors(loaded, groups)
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 4).parameters(), lr=0.1)
+    opt2.load_state_dict(restored)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(2)}, {"epoch": 1})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", crash)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(path, {"w": torch.zeros(2)}, {"epoch": 2})
+    tensors, meta = ckpt.load_checkpoint(path)
+    assert meta["epoch"] == 1 and torch.equal(tensors["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary left behind
+
+
+def test_foreign_and_damaged_files_are_refused(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        ckpt.load_checkpoint(junk)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        ckpt.load_checkpoint(tmp_path / "missing.safetensors")

@@ -1,0 +1,134 @@
+"""End-to-end behaviour of the pre-training loop on a tiny model and a few generated images."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ibot.train import checkpoint as ckpt
+from ibot.train.trainer import NonFiniteLossError, Pretrainer
+from tests.train.helpers import tiny_config
+
+
+def step_losses(records):
+    return [(r["epoch"], r["step"], r["loss"], r["cls"], r["patch"]) for r in records if r["type"] == "step"]
+
+
+def test_resume_continues_exactly(tmp_path, image_folder):
+    # 16 images, batch 4: 4 steps per epoch, 2 epochs; interrupt mid-epoch 0 and mid-epoch 1
+    full = Pretrainer(tiny_config(tmp_path / "full", image_folder)).fit()
+    assert len(step_losses(full)) == 8
+
+    run_dir = tmp_path / "parts"
+    first = Pretrainer(tiny_config(run_dir, image_folder, "run.max_steps=3")).fit()
+    second = Pretrainer(tiny_config(run_dir, image_folder, "run.max_steps=3")).fit(resume=run_dir / "checkpoint.safetensors")
+    third = Pretrainer(tiny_config(run_dir, image_folder)).fit(resume=run_dir / "checkpoint.safetensors")
+    parts = step_losses(first) + step_losses(second) + step_losses(third)
+    assert [p[:2] for p in parts] == [f[:2] for f in step_losses(full)]
+    for got, want in zip(parts, step_losses(full)):
+        assert got[2:] == pytest.approx(want[2:], rel=1e-6, abs=1e-7)
+
+    a, _ = ckpt.load_checkpoint(tmp_path / "full" / "checkpoint.safetensors", prefix="teacher.")
+    b, meta = ckpt.load_checkpoint(run_dir / "checkpoint.safetensors", prefix="teacher.")
+    assert meta["epoch"] == 2 and meta["step_in_epoch"] == 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_holds_everything_needed(tmp_path, image_folder):
+    cfg = tiny_config(tmp_path, image_folder, "optim.epochs=1")
+    Pretrainer(cfg).fit()
+    tensors, meta = ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert {"loss.center", "loss.center2", "rng.torch"} <= set(tensors)
+    assert any(k.startswith("student.backbone.blocks.0.attn.qkv") for k in tensors)
+    assert any(k.startswith("teacher.head.last_layer") for k in tensors)
+    assert any(k.startswith("optimizer.state.") for k in tensors)
+    assert "student.backbone.masked_embed" in tensors and "teacher.backbone.masked_embed" not in tensors
+    assert meta["config"]["model"]["depth"] == 1 and meta["epoch"] == 1
+    assert (tmp_path / "config.yaml").is_file()
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    epoch = [r for r in lines if r["type"] == "epoch"][0]
+    for key in ("loss", "cls", "patch", "lr", "wd", "momentum", "teacher_temp", "teacher_patch_temp", "img_per_s"):
+        assert key in epoch
+
+
+def test_teacher_is_ema_of_student_and_gets_no_gradient(tmp_path, image_folder):
+    trainer = Pretrainer(tiny_config(tmp_path, image_folder, "run.max_steps=1"))
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    trainer.fit()
+    m = float(trainer.momentum_schedule[0])
+    student = trainer.student.state_dict()
+    key = "backbone.blocks.0.attn.qkv.weight"
+    # the teacher started as the student's initial weights; after one step it moved by (1 - m)
+    expected = m * teacher_before[key] + (1 - m) * student[key]
+    torch.testing.assert_close(trainer.teacher.state_dict()[key], expected)
+    assert all(p.grad is None for p in trainer.teacher.parameters())
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, image_folder, monkeypatch):
+    trainer = Pretrainer(tiny_config(tmp_path, image_folder, "run.checkpoint_every_steps=2"))
+    original = trainer.ibot_loss.forward
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out = original(*args, **kwargs)
+        if calls["n"] == 3:
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(trainer.ibot_loss, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="epoch 0, step 3.*last good checkpoint"):
+        trainer.fit()
+    tensors, meta = ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert meta["step_in_epoch"] == 2
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if t.is_floating_point())
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path, image_folder):
+    (image_folder / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    records = Pretrainer(tiny_config(tmp_path, image_folder, "optim.epochs=1")).fit()
+    epoch = [r for r in records if r["type"] == "epoch"][0]
+    assert epoch["skipped_images"] >= 1 and "broken.png" in epoch["skipped_example"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str, data: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from ibot.train.distributed import cleanup
+
+    cfg = tiny_config(f"{out_dir}/ddp", data, "optim.batch_size_per_device=4", "optim.epochs=1")
+    trainer = Pretrainer(cfg)
+    records = trainer.fit()
+    torch.save({"losses": step_losses(records), "teacher": trainer.teacher.state_dict(),
+                "center": trainer.ibot_loss.center.clone()}, f"{out_dir}/rank{rank}.pt")
+    cleanup()
+
+
+@pytest.mark.distributed
+def test_two_process_gloo_equals_one_process(tmp_path, image_folder):
+    """2 processes x batch 4 on gloo == 1 process x batch 8 (same global batches), within 1e-5."""
+    single = Pretrainer(tiny_config(tmp_path / "single", image_folder, "optim.batch_size_per_device=8",
+                                    "optim.epochs=1"))
+    single_losses = step_losses(single.fit())
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), str(image_folder)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert len(ranks[0]["losses"]) == len(single_losses) == 2
+    for step, want in enumerate(single_losses):
+        mean = [(ranks[0]["losses"][step][i] + ranks[1]["losses"][step][i]) / 2 for i in (2, 3, 4)]
+        assert mean == pytest.approx(list(want[2:]), rel=1e-5)
+    for key, value in single.teacher.state_dict().items():
+        torch.testing.assert_close(ranks[0]["teacher"][key], value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ranks[0]["center"], single.ibot_loss.center, rtol=1e-5, atol=1e-7)
