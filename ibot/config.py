@@ -109,7 +109,10 @@ class RunConfig:
     log_every_steps: int = 10
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     max_steps: int = 0  # stop after this many steps in total (0: run all epochs); for tests
-    knn_eval: bool = True  # k-NN accuracy of the teacher on the built-in/val split at the end
+    knn_eval: bool = True  # k-NN accuracy of the teacher vs random init on the val split at the end
+    eval_every: int = 0  # k-NN accuracy of the teacher on the val split every N epochs (0: never)
+    compile: bool = False  # torch.compile the student and teacher (GPU; slow first steps)
+    tensorboard: bool = True  # TensorBoard events under output_dir/tensorboard (if installed)
     progress: bool = True
 
 

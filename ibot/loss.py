@@ -106,8 +106,11 @@ class IBOTLoss(nn.Module):
         """``student_output = (cls (G*B, K), patch (G*B, N, K2))``, ``teacher_output`` likewise,
         ``student_local_cls (L*B, K)`` or None, ``student_mask``: G bool tensors (B, h, w) or one
         (G*B, h, w) tensor with ``h * w == N``, True = masked."""
-        student_cls, student_patch = student_output
-        teacher_cls, teacher_patch = teacher_output
+        # the loss is computed in float32 whatever autocast gave the networks (as CUDA autocast
+        # does for softmax in the official code)
+        student_cls, student_patch = (t.float() for t in student_output)
+        teacher_cls, teacher_patch = (t.float() for t in teacher_output)
+        student_local_cls = student_local_cls.float() if student_local_cls is not None else None
         nepochs = len(self.teacher_temp_schedule)
         if not 0 <= epoch < nepochs:
             raise ValueError(f"epoch {epoch} is outside [0, nepochs={nepochs})")
@@ -133,7 +136,7 @@ class IBOTLoss(nn.Module):
         # [CLS]: cross-entropy of every (teacher crop q, student crop v) pair in one contraction
         teacher_cls_p = teacher_cls_p.unflatten(0, (self.ngcrops, batch))  # (G*B, K) -> (G, B, K)
         student_cls_lp = student_cls_lp.unflatten(0, (self.ncrops, batch))  # (V*B, K) -> (V, B, K)
-        # kept in float32 under mixed precision, like the element-wise official sums
+        # autocast off: the contraction stays in float32, like the element-wise official sums
         with torch.autocast(teacher_cls_p.device.type, enabled=False):
             pair_ce = -torch.einsum("qbk,vbk->qv", teacher_cls_p, student_cls_lp) / batch  # (G, V)
         different = ~torch.eye(self.ngcrops, self.ncrops, dtype=torch.bool, device=pair_ce.device)

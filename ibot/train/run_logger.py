@@ -60,15 +60,27 @@ class EpochMeter:
         return out
 
 
-class RunLogger:
-    """Writes ``log.jsonl`` in the output folder and draws a progress bar (main process only)."""
+def _tensorboard_writer(log_dir: Path):
+    """A TensorBoard ``SummaryWriter``, or None when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
 
-    def __init__(self, output_dir: Path, enabled: bool = True, progress: bool = True) -> None:
+
+class RunLogger:
+    """Writes ``log.jsonl`` (and TensorBoard events under ``tensorboard/`` when asked and
+    installed) in the output folder and draws a progress bar; main process only."""
+
+    def __init__(self, output_dir: Path, enabled: bool = True, progress: bool = True,
+                 tensorboard: bool = False) -> None:
         self.enabled = enabled
         self.progress = progress and enabled
         self.path = Path(output_dir) / "log.jsonl"
         self.records: list[dict[str, Any]] = []
         self.bar: tqdm | None = None
+        self.writer = _tensorboard_writer(Path(output_dir) / "tensorboard") if tensorboard and enabled else None
 
     def info(self, message: str) -> None:
         if self.enabled:
@@ -102,12 +114,22 @@ class RunLogger:
 
     def _write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            kind = record["type"]
+            x = record["global_step"] if kind == "step" else record["epoch"]
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("type", "epoch", "step", "global_step"):
+                    self.writer.add_scalar(f"{kind}/{key}", value, x)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -101,10 +101,16 @@ class Pretrainer:
         self.student, self.teacher = build_student_teacher(cfg)
         self.student.to(self.device)
         self.teacher.to(self.device).eval()
-        self.ddp_student: nn.Module = self.student
+        # ``student``/``teacher`` hold the weights; ``student_step``/``teacher_step`` run the forward
+        # (through DDP and torch.compile when enabled)
+        self.student_step: nn.Module = self.student
         if self.dist.world_size > 1:
-            self.ddp_student = DistributedDataParallel(
+            self.student_step = DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.teacher_step: nn.Module = self.teacher
+        if cfg.run.compile:
+            self.student_step = torch.compile(self.student_step)
+            self.teacher_step = torch.compile(self.teacher)
         self._build_data()
         self._build_objective()
         torch.manual_seed(cfg.run.seed + 1000 + self.dist.rank)  # drop path differs per rank
@@ -204,8 +210,8 @@ class Pretrainer:
 
         with self._autocast():
             with torch.no_grad():
-                teacher_cls, teacher_patch, _ = self.teacher(global_crops)
-            student_cls, student_patch, student_local_cls = self.ddp_student(global_crops, masks, local_crops)
+                teacher_cls, teacher_patch, _ = self.teacher_step(global_crops)
+            student_cls, student_patch, student_local_cls = self.student_step(global_crops, masks, local_crops)
             if student_local_cls is None:
                 student_local_cls = student_cls.new_zeros(0, student_cls.shape[-1])
             losses = self.ibot_loss((student_cls, student_patch), (teacher_cls, teacher_patch),
@@ -233,7 +239,8 @@ class Pretrainer:
         """Train to the end (or ``run.max_steps``); returns the logged records."""
         cfg = self.cfg
         state = self.load(resume) if resume else TrainState()
-        logger = RunLogger(self.output_dir, enabled=self.dist.is_main, progress=cfg.run.progress)
+        logger = RunLogger(self.output_dir, enabled=self.dist.is_main, progress=cfg.run.progress,
+                           tensorboard=cfg.run.tensorboard)
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
