@@ -27,6 +27,7 @@ class ModelConfig:
     arch: str = "vit_small"
     patch_size: int = 16
     window_size: int = 7  # Swin only
+    img_size: int | None = None  # size the position embedding is made for (None: data.global_crops_size)
     drop_path_rate: float = 0.1  # student only
     embed_dim: int | None = None  # size overrides for non-standard backbones
     depth: int | None = None
@@ -127,6 +128,17 @@ class PretrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def backbone_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
+    """Keyword arguments of ``ibot.models.build_backbone`` (besides ``arch``) that a config fixes."""
+    m = cfg.model
+    kwargs: dict[str, Any] = {k: v for k, v in (("embed_dim", m.embed_dim), ("depth", m.depth),
+                                                ("num_heads", m.num_heads)) if v}
+    kwargs.update(patch_size=m.patch_size, img_size=m.img_size or cfg.data.global_crops_size)
+    if m.arch.startswith("swin"):
+        kwargs["window_size"] = m.window_size
+    return kwargs
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from ibot.models import IBOTHead, build_backbone
 State = dict[str, torch.Tensor]
 
 # buffers the official Swin saves that we derive instead
-_DERIVED_KEYS = ("relative_position_index",)
+DERIVED_KEYS = ("relative_position_index",)
 
 
 def load_official_checkpoint(path: str | Path, key: str = "teacher") -> tuple[State, State]:
@@ -50,7 +50,7 @@ def load_official_checkpoint(path: str | Path, key: str = "teacher") -> tuple[St
             raise ValueError(f"{path} has no '{key}.backbone.*' tensors")
         return backbone, _strip(state, f"{key}.head.")
 
-    checkpoint = _safe_torch_load(path)
+    checkpoint = safe_torch_load(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     if "state_dict" in checkpoint:
@@ -82,7 +82,7 @@ def load_backbone(path: str | Path, arch: str = "vit_small", patch_size: int | N
     a ``masked_embed``.
     """
     state, _ = load_official_checkpoint(path, key)
-    state = {k: v for k, v in state.items() if not k.endswith(_DERIVED_KEYS)}
+    state = {k: v for k, v in state.items() if not k.endswith(DERIVED_KEYS)}
     if patch_size is None and "patch_embed.proj.weight" in state:
         patch_size = state["patch_embed.proj.weight"].shape[-1]
     overrides.setdefault("masked_im_modeling", "masked_embed" in state)
@@ -109,7 +109,7 @@ def load_head(path: str | Path, key: str = "teacher", **head_kwargs) -> IBOTHead
     return head.eval()
 
 
-def _safe_torch_load(path: Path) -> object:
+def safe_torch_load(path: Path) -> object:
     """``torch.load`` that unpickles tensors and ``argparse.Namespace`` only."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):

@@ -18,7 +18,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ibot.config import PretrainConfig
+from ibot.config import PretrainConfig, backbone_kwargs
 from ibot.data.datasets import build_dataset
 from ibot.data.masking import MaskGenerator
 from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretrain
@@ -65,10 +65,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     """Student (drop path, mask token) and teacher (same weights, no mask token) networks."""
     m = cfg.model
-    sizes = {k: v for k, v in (("embed_dim", m.embed_dim), ("depth", m.depth), ("num_heads", m.num_heads)) if v}
-    common = dict(patch_size=m.patch_size, img_size=cfg.data.global_crops_size, **sizes)
-    if m.arch.startswith("swin"):
-        common["window_size"] = m.window_size
+    common = backbone_kwargs(cfg)
     student_bb = build_backbone(m.arch, drop_path_rate=m.drop_path_rate, masked_im_modeling=True, **common)
     teacher_bb = build_backbone(m.arch, drop_path_rate=0.0, masked_im_modeling=False, **common)
     head = dict(out_dim=m.out_dim, patch_out_dim=m.patch_out_dim, hidden_dim=m.head_hidden_dim,
@@ -178,19 +175,33 @@ class Pretrainer:
         return ckpt.save_checkpoint(self.checkpoint_path, tensors, meta)
 
     def load(self, path: str | Path) -> TrainState:
-        tensors, meta = ckpt.load_checkpoint(path)
+        """Restore a run from one of our checkpoints (exactly), from a file written by ``ibot
+        convert``, or from an official full ``checkpoint.pth`` (weights, loss centres and epoch;
+        AdamW moments start afresh since the official ones follow another parameter order)."""
+        if Path(path).suffix == ".safetensors":
+            tensors, meta = ckpt.load_checkpoint(path)
+        else:
+            from ibot.convert import official_to_ours
+
+            tensors, meta = official_to_ours(path)
+            missing = {"student", "teacher"} - set(meta["networks"])
+            if missing:
+                raise ValueError(f"{path} has no {' or '.join(sorted(missing))} network; resuming needs a full "
+                                 f"training checkpoint (checkpoint.pth), not a backbone-only file")
+            meta.setdefault("step_in_epoch", 0)
         self.student.load_state_dict(ckpt.strip_prefix("student.", tensors))
         self.teacher.load_state_dict(ckpt.strip_prefix("teacher.", tensors))
         self.ibot_loss.center.copy_(tensors["loss.center"])
         self.ibot_loss.center2.copy_(tensors["loss.center2"])
-        self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer_param_groups"]))
+        if "optimizer_param_groups" in meta:
+            self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer_param_groups"]))
         if meta.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(meta["scaler"])
-        if meta.get("world_size", 1) == self.dist.world_size:
+        if "rng.torch" in tensors and meta.get("world_size", 1) == self.dist.world_size:
             torch.set_rng_state(tensors["rng.torch"])  # drop path continues as if never stopped
             if "rng.cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        return TrainState(meta["epoch"], meta["step_in_epoch"])
+        return TrainState(meta["epoch"], meta.get("step_in_epoch", 0))
 
     # ------------------------------------------------------------------------------ training
     def _autocast(self) -> contextlib.AbstractContextManager:

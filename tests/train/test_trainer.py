@@ -132,3 +132,33 @@ def test_two_process_gloo_equals_one_process(tmp_path, image_folder):
     for key, value in single.teacher.state_dict().items():
         torch.testing.assert_close(ranks[0]["teacher"][key], value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ranks[0]["center"], single.ibot_loss.center, rtol=1e-5, atol=1e-7)
+
+
+def test_resume_from_official_full_checkpoint(tmp_path, image_folder, fixtures_dir):
+    from ibot.hub import load_official_checkpoint
+
+    official = fixtures_dir / "vit_full_checkpoint.pth"
+    cfg = tiny_config(tmp_path, image_folder, "model.patch_size=16", "model.embed_dim=192", "model.depth=3",
+                      "model.num_heads=3", "model.out_dim=512", "model.patch_out_dim=512",
+                      "model.head_hidden_dim=256", "model.head_bottleneck_dim=64", "data.global_crops_size=32",
+                      "data.local_crops_size=16", "model.img_size=224", "optim.epochs=20")
+    trainer = Pretrainer(cfg)
+    state = trainer.load(official)
+    teacher_backbone, teacher_head = load_official_checkpoint(official, key="teacher")
+    ours = trainer.teacher.state_dict()
+    for key, value in teacher_backbone.items():
+        torch.testing.assert_close(ours[f"backbone.{key}"], value, rtol=0, atol=0)
+    for key, value in teacher_head.items():
+        torch.testing.assert_close(ours[f"head.{key}"], value, rtol=0, atol=0)
+    raw = torch.load(official, weights_only=False)
+    assert state.epoch == raw["epoch"] and state.step_in_epoch == 0
+    torch.testing.assert_close(trainer.ibot_loss.center, raw["ibot_loss"]["center"])
+    trainer.cfg.run.max_steps = 1
+    records = trainer.fit(resume=official)
+    assert records[0]["epoch"] == raw["epoch"]
+
+
+def test_backbone_only_official_file_cannot_resume(tmp_path, image_folder, fixtures_dir):
+    trainer = Pretrainer(tiny_config(tmp_path, image_folder))
+    with pytest.raises(ValueError, match="full training checkpoint"):
+        trainer.load(fixtures_dir / "vit_checkpoint_teacher.pth")
