@@ -32,7 +32,14 @@ def command(name: str, help_text: str):
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Help that shows defaults and keeps hand-made line breaks."""
+    """Help that shows defaults (not empty ones, nor where the help names its own) and keeps
+    hand-made line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        empty = action.default is None or action.default is False or action.default == []
+        if empty or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def load_all() -> None:

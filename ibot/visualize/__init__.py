@@ -1,0 +1,9 @@
+"""Pictures of what a model learned and how its training went (``ibot visualize``, ``ibot plot``).
+
+- :mod:`ibot.visualize.attention`: last-block [CLS] attention per head, and the 60%-mass maps;
+- :mod:`ibot.visualize.correspondence`: mutual nearest patches between two images;
+- :mod:`ibot.visualize.masks`: sample masks over real global crops;
+- :mod:`ibot.visualize.curves`: training curves from ``log.jsonl``.
+
+All write PNG through matplotlib's Agg canvas, without pyplot.
+"""
