@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int)
     s.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     s.add_argument("--no-knn", action="store_true", help="skip the k-NN check at the end")
+    s.add_argument("--eval-every", type=int, metavar="N", help="k-NN accuracy of the teacher every N epochs")
+    s.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     r = p.add_argument_group("resuming")
     r.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue from one of our checkpoints; 'auto' uses OUTPUT_DIR/checkpoint.safetensors if present")
@@ -40,12 +42,14 @@ def _resolve_pretrain_config(args: argparse.Namespace):
 
     shortcuts = {"data": "data.data", "output_dir": "run.output_dir", "epochs": "optim.epochs",
                  "batch_size_per_device": "optim.batch_size_per_device", "device": "run.device",
-                 "precision": "run.precision", "max_steps": "run.max_steps", "seed": "run.seed"}
+                 "precision": "run.precision", "max_steps": "run.max_steps", "seed": "run.seed", "eval_every": "run.eval_every"}
     overrides = [f"{key}={getattr(args, attr)}" for attr, key in shortcuts.items() if getattr(args, attr) is not None]
     if args.no_progress:
         overrides.append("run.progress=false")
     if args.no_knn:
         overrides.append("run.knn_eval=false")
+    if args.no_tensorboard:
+        overrides.append("run.tensorboard=false")
     preset = args.preset or (None if args.config else "cpu")
     return resolve_config(preset, args.config, [*args.overrides, *overrides])
 

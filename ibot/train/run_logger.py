@@ -109,7 +109,8 @@ class RunLogger:
         self._write(record)
         self.info(f"epoch {fields['epoch']}: loss {summary.get('loss', float('nan')):.4f} "
                   f"(cls {summary.get('cls', float('nan')):.4f}, patch {summary.get('patch', float('nan')):.4f}), "
-                  f"lr {fields.get('lr', 0):.2e}" + (f", skipped {meter.n_skipped} unreadable images "
+                  f"lr {fields.get('lr', 0):.2e}"
+                  + (f", k-NN top-1 {fields['knn_top1']:.2f}%" if "knn_top1" in fields else "") + (f", skipped {meter.n_skipped} unreadable images "
                                                     f"(e.g. {meter.skipped_example})" if meter.n_skipped else ""))
 
     def _write(self, record: dict[str, Any]) -> None:

@@ -290,11 +290,22 @@ class Pretrainer:
                     logger.close()
                     return logger.records
                 tic = time.perf_counter()
-            logger.end_epoch(meter, {"epoch": epoch, **self._schedule_values(epoch, it)})
+            extra = {}
+            if cfg.run.eval_every and (epoch + 1) % cfg.run.eval_every == 0 and self.dist.is_main:
+                extra["knn_top1"] = self._knn_top1()
+            logger.end_epoch(meter, {"epoch": epoch, **self._schedule_values(epoch, it), **extra})
             state = TrainState(epoch + 1, 0)
             self._checkpoint(state)
         logger.close()
         return logger.records
+
+    def _knn_top1(self) -> float:
+        """k-NN (k = 20) top-1 of the teacher on the dataset's val split, during training."""
+        from ibot.eval.knn import backbone_knn
+
+        result = backbone_knn(self.teacher.backbone, self.cfg.data.data, self.cfg.data.global_crops_size,
+                              self.device, ks=(20,), progress=False)
+        return next(iter(result.values()))["top1"]
 
     def _checkpoint(self, state: TrainState) -> None:
         if self.dist.is_main:

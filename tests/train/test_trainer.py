@@ -162,3 +162,11 @@ def test_backbone_only_official_file_cannot_resume(tmp_path, image_folder, fixtu
     trainer = Pretrainer(tiny_config(tmp_path, image_folder))
     with pytest.raises(ValueError, match="full training checkpoint"):
         trainer.load(fixtures_dir / "vit_checkpoint_teacher.pth")
+
+
+def test_periodic_knn_and_tensorboard_events(tmp_path, image_folder):
+    records = Pretrainer(tiny_config(tmp_path, image_folder, "run.eval_every=1", "run.tensorboard=true")).fit()
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert len(epochs) == 2 and all(0.0 <= r["knn_top1"] <= 100.0 for r in epochs)
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
