@@ -98,6 +98,12 @@ class Pretrainer:
         self.student, self.teacher = build_student_teacher(cfg)
         self.student.to(self.device)
         self.teacher.to(self.device).eval()
+        if self.device.type == "cpu" and self.amp_dtype is not None:
+            # measured (benchmarks/README.md): ATen's CPU flash-attention backward is slow in bf16,
+            # while the explicit softmax(QK^T)V runs on AMX matmuls; same maths
+            for module in (*self.student.modules(), *self.teacher.modules()):
+                if hasattr(module, "fused_attn"):
+                    module.fused_attn = False
         # ``student``/``teacher`` hold the weights; ``student_step``/``teacher_step`` run the forward
         # (through DDP and torch.compile when enabled)
         self.student_step: nn.Module = self.student

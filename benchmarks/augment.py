@@ -1,0 +1,184 @@
+"""Multi-crop augmentation throughput: crops per second of one data-loader worker.
+
+Decodes real JPEG photos of mixed sizes (300-800 px, made from scikit-learn's sample photographs
+unless ``--image-dir`` is given) and produces the official 2 x 224 + 10 x 96 crops with
+
+- ``ours``: :class:`ibot.data.transforms.MultiCropAugmentation` (official setting);
+- ``torchvision-pil``: the baseline, DINO's recipe written here with ``torchvision.transforms``
+  (v1) on PIL images: RandomResizedCrop (bicubic), flip, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8,
+  grayscale p 0.2, PIL Gaussian blur (p 1.0 / 0.1 / 0.5), solarisation p 0.2 on global crop 2,
+  ToTensor, Normalize;
+- ``decode+crop``: JPEG decoding, RandomResizedCrop, flip and uint8 tensors only: what a worker
+  would still do if colour jitter, grayscale, blur and solarisation ran batched on the GPU (no such
+  path exists yet; the row bounds what one could gain per worker).
+
+One process, one torch thread (as in a DataLoader worker); the implementations are interleaved
+``--repeats`` times and the medians reported.
+
+    python benchmarks/augment.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import _common
+import torch
+import torchvision.transforms as T
+from PIL import Image, ImageFilter, ImageOps
+from torchvision.transforms import v2
+
+from ibot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
+
+N_GLOBAL, N_LOCAL = 2, 10
+
+
+class _PILBlur:
+    """DINO's blur: with probability p, PIL Gaussian blur of radius U[0.1, 2] (python ``random``)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() > self.p:
+            return img
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+
+
+class _PILSolarize:
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.solarize(img) if random.random() < self.p else img
+
+
+def torchvision_pil_baseline() -> Callable[[Image.Image], list[torch.Tensor]]:
+    """The paper's multi-crop transforms as DINO writes them, torchvision v1 on PIL."""
+    colour = T.Compose([
+        T.RandomHorizontalFlip(p=0.5),
+        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+    ])
+    to_tensor = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    bicubic = T.InterpolationMode.BICUBIC
+    global1 = T.Compose([T.RandomResizedCrop(224, scale=(0.25, 1.0), interpolation=bicubic), colour,
+                         _PILBlur(1.0), to_tensor])
+    global2 = T.Compose([T.RandomResizedCrop(224, scale=(0.25, 1.0), interpolation=bicubic), colour,
+                         _PILBlur(0.1), _PILSolarize(0.2), to_tensor])
+    local = T.Compose([T.RandomResizedCrop(96, scale=(0.05, 0.25), interpolation=bicubic), colour,
+                       _PILBlur(0.5), to_tensor])
+
+    def crops(img: Image.Image) -> list[torch.Tensor]:
+        return [global1(img), *(global2(img) for _ in range(N_GLOBAL - 1)), *(local(img) for _ in range(N_LOCAL))]
+
+    return crops
+
+
+def decode_and_crop_only() -> Callable[[Image.Image], list[torch.Tensor]]:
+    """The geometric part only (crop, resize, flip) to uint8 tensors."""
+    bicubic = v2.InterpolationMode.BICUBIC
+
+    def geometric(size: int, scale: tuple[float, float]) -> v2.Compose:
+        return v2.Compose([v2.RandomResizedCrop(size, scale=scale, interpolation=bicubic),
+                           v2.RandomHorizontalFlip(0.5), v2.PILToTensor()])
+
+    global_crop, local_crop = geometric(224, (0.25, 1.0)), geometric(96, (0.05, 0.25))
+    return lambda img: [*(global_crop(img) for _ in range(N_GLOBAL)), *(local_crop(img) for _ in range(N_LOCAL))]
+
+
+def run_once(pipeline: Callable[[Image.Image], list[torch.Tensor]], files: list[Path], seed: int) -> dict[str, float]:
+    """Decode every file and make its crops; returns crops per second (wall clock and CPU time,
+    which a shared machine's load disturbs less) and ms per image."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    n_crops = 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for path in files:
+        with Image.open(path) as f:
+            img = f.convert("RGB")
+        n_crops += len(pipeline(img))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"crops_per_s": n_crops / wall, "crops_per_cpu_s": n_crops / cpu, "ms_per_image": 1e3 * wall / len(files),
+            "crops": n_crops}
+
+
+def decode_ms(files: list[Path]) -> float:
+    start = time.perf_counter()
+    for path in files:
+        with Image.open(path) as f:
+            f.convert("RGB")
+    return 1e3 * (time.perf_counter() - start) / len(files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=64, help="number of generated JPEGs")
+    parser.add_argument("--min-size", type=int, default=300)
+    parser.add_argument("--max-size", type=int, default=800)
+    parser.add_argument("--image-dir", help="use the JPEG/PNG files of this folder (recursively) instead")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of every pipeline")
+    parser.add_argument("--out", help="results file (default benchmarks/results/augment.json)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # a DataLoader worker's setting
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.image_dir:
+            root = Path(args.image_dir)
+            if not root.is_dir():
+                parser.error(f"--image-dir: no such folder {root}")
+            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            if not files:
+                parser.error(f"--image-dir: no JPEG or PNG files under {root}")
+        else:
+            files = sorted((_common.make_jpeg_folder(tmp, args.images, (args.min_size, args.max_size))
+                            / "photos").glob("*.jpg"))
+        sizes = []
+        for path in files:
+            with Image.open(path) as f:
+                sizes.append(f.size)
+        pipelines = {"ours": MultiCropAugmentation(), "torchvision-pil": torchvision_pil_baseline(),
+                     "decode+crop": decode_and_crop_only()}
+        for name, pipeline in pipelines.items():  # warm-up: imports, caches
+            run_once(pipeline, files[:4], seed=0)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in pipelines}
+        for r in range(args.repeats):
+            for name, pipeline in pipelines.items():
+                runs[name].append(run_once(pipeline, files, seed=r))
+        decode = decode_ms(files)
+
+    keys = ("crops_per_s", "crops_per_cpu_s", "ms_per_image")
+    figures = {name: {**{k: _common.median([x[k] for x in rs]) for k in keys}, "runs": rs}
+               for name, rs in runs.items()}
+    base, base_cpu = figures["torchvision-pil"]["crops_per_s"], figures["torchvision-pil"]["crops_per_cpu_s"]
+    ratio = figures["ours"]["crops_per_s"] / base
+    ratio_cpu = figures["ours"]["crops_per_cpu_s"] / base_cpu
+    pair_ratios = [o["crops_per_s"] / b["crops_per_s"] for o, b in zip(runs["ours"], runs["torchvision-pil"])]
+    print(f"{len(files)} images, {min(min(s) for s in sizes)}-{max(max(s) for s in sizes)} px, "
+          f"{N_GLOBAL} x 224 + {N_LOCAL} x 96 crops, 1 thread; JPEG decoding alone {decode:.1f} ms/image")
+    _common.print_table(["pipeline", "crops/s", "crops/CPU-s", "ms/image", "x baseline (CPU-s)"],
+                        [[name, f["crops_per_s"], f["crops_per_cpu_s"], f["ms_per_image"],
+                          f["crops_per_cpu_s"] / base_cpu] for name, f in figures.items()])
+    print(f"ours / torchvision-pil: {ratio:.2f}x crops/s (per round: {', '.join(f'{x:.2f}' for x in pair_ratios)}), "
+          f"{ratio_cpu:.2f}x crops/CPU-s; target >= 2x: {'met' if min(ratio, ratio_cpu) >= 2 else 'NOT met'}")
+    path = _common.write_results("augment", {
+        "setting": {"images": len(files), "sizes_px": [min(min(s) for s in sizes), max(max(s) for s in sizes)],
+                    "source": args.image_dir or "generated from sklearn sample photos", "crops_per_image":
+                    [f"{N_GLOBAL} x 224", f"{N_LOCAL} x 96"], "torch_threads": 1, "repeats": args.repeats},
+        "decode_ms_per_image": decode,
+        "pipelines": figures,
+        "ratio_ours_over_baseline": ratio,
+        "ratio_ours_over_baseline_cpu_time": ratio_cpu,
+        "ratio_per_round": pair_ratios,
+        "target_ratio": 2.0,
+    }, path=args.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
