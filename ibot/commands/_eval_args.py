@@ -1,0 +1,106 @@
+"""Options and set-up shared by the evaluation sub-commands (``knn``, ``linear``, ``finetune``,
+``cluster``, ``semisup``): which checkpoint, which data, where results and cached features go."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", "-c", required=True, metavar="PATH",
+                   help="our .safetensors pre-training checkpoint, or an official .pth file (then give --arch)")
+    g.add_argument("--key", default="teacher", choices=("teacher", "student"), help="which network of the checkpoint")
+    g.add_argument("--arch", help="architecture of an official checkpoint (vit_small, vit_base, vit_large, swin_tiny); "
+                                  "ours record it")
+    g.add_argument("--patch-size", type=int, help="patch size of an official checkpoint (default: read from its weights)")
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="fashion-mnist, cifar10:PATH, cifar100:PATH, stl10:PATH or an ImageFolder path "
+                                  "(default: the checkpoint's pre-training data, else fashion-mnist)")
+    g.add_argument("--image-size", type=int, help="evaluation image size (default: the pre-training crop size, "
+                                                  "224 for official checkpoints)")
+    g.add_argument("--crop-pct", type=float, help="resize to image-size / crop-pct, then center-crop "
+                                                  "(default: 0.875, or 1 under 64 px)")
+    g.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    g.add_argument("--num-workers", type=int, default=2, help="data-loading processes")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    o = p.add_argument_group("output")
+    o.add_argument("--output-dir", help="where the results JSON goes (default: CHECKPOINT_FOLDER/eval)")
+    o.add_argument("--cache-dir", help="where extracted features are cached (default: OUTPUT_DIR/features)")
+    o.add_argument("--no-cache", action="store_true", help="extract features again and keep nothing on disk")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def load_model(args: argparse.Namespace, **overrides: Any):
+    from ibot.eval.checkpoints import load_backbone
+
+    return load_backbone(args.checkpoint, key=args.key, arch=args.arch, patch_size=args.patch_size, **overrides)
+
+
+def data_spec(args: argparse.Namespace, loaded) -> str:
+    return args.data or loaded.data or "fashion-mnist"
+
+
+def image_size(args: argparse.Namespace, loaded) -> int:
+    size = args.image_size or loaded.image_size
+    if size < 1:
+        raise ValueError(f"--image-size must be positive, got {size}")
+    return size
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    return Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent / "eval"
+
+
+def feature_cache(args: argparse.Namespace):
+    from ibot.eval.features import FeatureCache
+
+    if args.no_cache:
+        return FeatureCache(None)
+    return FeatureCache(args.cache_dir or output_dir(args) / "features")
+
+
+def device(args: argparse.Namespace):
+    from ibot.train.trainer import resolve_device
+
+    return resolve_device(args.device)
+
+
+def train_val_features(args: argparse.Namespace, loaded, forward, kind: str):
+    """``(train_x, train_y, val_x, val_y, info)`` of ``forward`` on the train and val splits."""
+    import torch
+
+    from ibot.eval.features import evaluation_transform, split_features
+
+    data = data_spec(args, loaded)
+    transform = evaluation_transform(image_size(args, loaded), args.crop_pct)
+    dev = device(args)
+    loaded.backbone.to(dev).eval()
+    if isinstance(forward, torch.nn.Module):
+        forward.to(dev).eval()
+    common = dict(cache=feature_cache(args), batch_size=args.batch_size, num_workers=args.num_workers,
+                  device=dev, progress=not args.no_progress)
+    identity = loaded.identity()
+    train_x, train_y, train_skipped = split_features(forward, identity, kind, data, "train", transform, **common)
+    val_x, val_y, val_skipped = split_features(forward, identity, kind, data, "val", transform, **common)
+    info = {"checkpoint": str(args.checkpoint), "key": args.key, "arch": loaded.arch, "patch_size": loaded.patch_size,
+            "data": data, "num_train": len(train_y), "num_val": len(val_y),
+            "skipped_images": len(train_skipped) + len(val_skipped)}
+    for why in (train_skipped + val_skipped)[:1]:
+        print(f"skipped {len(train_skipped) + len(val_skipped)} unreadable images (e.g. {why})")
+    return train_x, train_y, val_x, val_y, info
+
+
+def write_results(args: argparse.Namespace, name: str, results: dict[str, Any]) -> Path:
+    out = output_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"results written to {path}")
+    return path

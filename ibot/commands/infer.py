@@ -1,0 +1,35 @@
+"""``ibot infer``: run an exported ONNX model (``ibot export``) on images with onnxruntime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ibot.commands import command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL.onnx", help="a model written by 'ibot export'")
+    p.add_argument("input", metavar="INPUT", help="an image file, or a folder searched recursively for images")
+    p.add_argument("--output", help="features: .npy (+ .json index of files); classifier: top-5 as .json or .csv "
+                                    "(default: features.npy / predictions.json)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command("infer", "features or top-5 predictions of an exported ONNX model on images (onnxruntime)")(add_arguments)
+def run(args: argparse.Namespace) -> int:
+    from ibot.infer import run_inference, write_results
+
+    from tqdm import tqdm
+
+    def report_skip(path: str, reason: str) -> None:  # one line each, above the progress bar
+        tqdm.write(f"ibot infer: {' '.join(reason.split())} (skipped)", file=sys.stderr)
+
+    result = run_inference(args.model, args.input, batch_size=args.batch_size, progress=not args.no_progress,
+                           on_skip=report_skip)
+    output = args.output or ("features.npy" if result.kind == "features" else "predictions.json")
+    written = write_results(result, output)
+    print(f"{len(result.files)} images -> {', '.join(map(str, written))}"
+          + (f"; skipped {len(result.skipped)} unreadable" if result.skipped else ""))
+    return 0

@@ -1,0 +1,54 @@
+"""``ibot linear``: linear probe on frozen features, a learning-rate sweep trained in one pass."""
+
+from __future__ import annotations
+
+import argparse
+
+from ibot.commands import _eval_args as common
+from ibot.commands import command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common.add_model_arguments(p)
+    common.add_data_arguments(p)
+    g = p.add_argument_group("linear probe (fast protocol: cached center-crop features, see ibot/eval/linear.py)")
+    g.add_argument("--n-last-blocks", type=int,
+                   help="concatenate the [CLS] of this many last blocks (default: 4, or 1 for ViT-B/L)")
+    g.add_argument("--avgpool-patchtokens", type=int, choices=(0, 1, 2),
+                   help="0: [CLS] only, 1: pooled patch tokens only, 2: both (default: 0, or 2 for ViT-B/L)")
+    g.add_argument("--epochs", type=int, default=100, help="epochs over the cached features")
+    g.add_argument("--lrs", type=float, nargs="+",
+                   help="learning rates of the sweep, for a batch of 256, one classifier each (default: "
+                        "1e-4, 3e-4, ..., 0.3, 1)")
+    g.add_argument("--train-batch-size", type=int, default=1024, help="SGD batch size")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="official: none")
+    g.add_argument("--seed", type=int, default=0)
+
+
+@command("linear", "linear probe on frozen features (official feature recipes, lr sweep)")(add_arguments)
+def run(args: argparse.Namespace) -> int:
+    from ibot.eval.linear import DEFAULT_LRS, LinearFeatures, default_recipe, train_linear_sweep
+    from ibot.train.checkpoint import save_checkpoint
+
+    loaded = common.load_model(args)
+    n_default, avgpool_default = default_recipe(loaded.arch)
+    n = args.n_last_blocks if args.n_last_blocks is not None else n_default
+    avgpool = args.avgpool_patchtokens if args.avgpool_patchtokens is not None else avgpool_default
+    features = LinearFeatures(loaded.backbone, n, avgpool)
+    train_x, train_y, val_x, val_y, info = common.train_val_features(args, loaded, features, features.kind)
+    result = train_linear_sweep(train_x, train_y, val_x, val_y, lrs=args.lrs or DEFAULT_LRS, epochs=args.epochs,
+                                batch_size=args.train_batch_size, weight_decay=args.weight_decay, seed=args.seed,
+                                device=common.device(args), progress=not args.no_progress)
+    print(f"linear probe on {info['data']} ({features.kind}, {train_x.shape[1]}-d), {loaded.name} {args.key}:")
+    for r in result["per_lr"]:
+        mark = "  <- best" if r["lr"] == result["lr"] else ""
+        print(f"  lr {r['lr']:<8g} best top-1 {r['best_top1']:6.2f}%  last {r['final_top1']:6.2f}%{mark}")
+    print(f"best: top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}% (lr {result['lr']:g}, "
+          f"epoch {result['epoch']})")
+    out = common.output_dir(args)
+    save_checkpoint(out / "linear_head.safetensors", {"weight": result["weight"], "bias": result["bias"]},
+                    {"kind": "linear-head", "features": features.kind, "lr": result["lr"], "top1": result["top1"]})
+    summary = {k: v for k, v in result.items() if k not in ("weight", "bias")}
+    common.write_results(args, "linear", {**info, "features": features.kind, "feature_dim": int(train_x.shape[1]),
+                                          "epochs": args.epochs, **summary})
+    return 0

@@ -1,0 +1,129 @@
+"""The one feature-extraction path every evaluation uses: frozen backbone, batches, no grad,
+and an on-disk cache so that k-NN, clustering, semi-supervised and linear runs on the same
+checkpoint extract each split once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ibot.data.datasets import CorruptImageError
+
+
+class EvalDataset(Dataset):
+    """``(transform(image), label)`` pairs; an unreadable image gives ``None`` (dropped and counted
+    by :func:`collate_skip_none`)."""
+
+    def __init__(self, base: Dataset, transform: Callable) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        try:
+            image, label = self.base[index]
+        except CorruptImageError as exc:
+            return None, str(exc)
+        return (self.transform(image), label), None
+
+
+def collate_skip_none(items):
+    good = [item for item, _ in items if item is not None]
+    skipped = [why for item, why in items if item is None]
+    images = torch.stack([img for img, _ in good]) if good else torch.empty(0)
+    labels = torch.tensor([label for _, label in good], dtype=torch.long)
+    return images, labels, skipped
+
+
+@torch.no_grad()
+def extract_features(forward: Callable[[torch.Tensor], torch.Tensor] | nn.Module, dataset: EvalDataset,
+                     batch_size: int = 256, num_workers: int = 0, device: torch.device | str = "cpu",
+                     desc: str = "features", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Run ``forward`` over ``dataset``; returns features (N, D) on the CPU in float32, labels (N,)
+    and the messages of skipped unreadable images."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_none,
+                        pin_memory=torch.device(device).type == "cuda")
+    features, labels, skipped = [], [], []
+    for images, targets, why in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        skipped.extend(why)
+        if len(images) == 0:
+            continue
+        features.append(forward(images.to(device, non_blocking=True)).float().cpu())
+        labels.append(targets)
+    if not features:
+        raise ValueError(f"no readable image in the dataset for {desc}")
+    return torch.cat(features), torch.cat(labels), skipped
+
+
+class FeatureCache:
+    """Extracted features on disk, one file per ``parts`` (checkpoint identity, dataset, split,
+    transform, feature kind): ``<directory>/<sha256 of parts>.pt``. ``directory=None`` disables it."""
+
+    def __init__(self, directory: str | Path | None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+
+    def path(self, parts: dict[str, Any]) -> Path | None:
+        if self.directory is None:
+            return None
+        digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+        return self.directory / f"{digest[:24]}.pt"
+
+    def load_or_extract(self, parts: dict[str, Any], forward: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
+                        dataset: EvalDataset, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Cached ``(features, labels, skipped)`` for ``parts``, else :func:`extract_features`."""
+        path = self.path(parts)
+        if path is not None and path.is_file():
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # an unreadable cache file is extracted again and replaced
+                saved = {}
+            if saved.get("parts") == json.loads(json.dumps(parts, default=str)):
+                return saved["features"], saved["labels"], saved["skipped"]
+        features, labels, skipped = extract_features(forward, dataset, **kwargs)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"features": features, "labels": labels, "skipped": skipped,
+                        "parts": json.loads(json.dumps(parts, default=str))}, tmp)
+            os.replace(tmp, path)  # never half a cache file
+        return features, labels, skipped
+
+
+def split_features(forward: Callable[[torch.Tensor], torch.Tensor] | nn.Module, identity: dict[str, Any],
+                   kind: str, data: str, split: str, transform: Callable, cache: FeatureCache | None = None,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Features of one split of dataset ``data`` (a :func:`ibot.data.build_dataset` spec), through
+    ``cache`` when given. ``identity`` names the network (its checkpoint path and mtime), ``kind``
+    the feature recipe (``cls``, ``linear-n4-avgpool0``, ...); both, the dataset spec and size, the split
+    and the transform key the cache."""
+    from ibot.data.datasets import build_dataset
+
+    base = build_dataset(data, split=split)
+    dataset = EvalDataset(base, transform)
+    parts = {**identity, "kind": kind, "data": data, "split": split, "num_images": len(base),
+             "transform": repr(transform)}
+    kwargs.setdefault("desc", f"{kind} features {split}")
+    return (cache or FeatureCache(None)).load_or_extract(parts, forward, dataset, **kwargs)
+
+
+def evaluation_transform(image_size: int, crop_pct: float | None = None) -> Callable:
+    """The evaluation transform for a network trained on ``image_size`` crops: the official resize
+    to ``image_size / 0.875`` and center crop for ImageNet-size images; images under 64 px (e.g.
+    Fashion-MNIST's 28 px) are resized to ``image_size`` and not cropped, as their pre-training
+    crops covered them whole."""
+    from ibot.data.transforms import eval_transform
+
+    if crop_pct is None:
+        crop_pct = 0.875 if image_size >= 64 else 1.0
+    return eval_transform(image_size, crop_pct=crop_pct)

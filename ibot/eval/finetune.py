@@ -1,0 +1,279 @@
+"""End-to-end fine-tuning of a pre-trained backbone with a linear classifier (BEiT's recipe,
+which the official iBOT fine-tuning uses).
+
+- Classifier on the final-norm [CLS] (official ``--use_cls``), initialised N(0, 0.02) x 0.001.
+- AdamW (wd 0.05), lr x batch / 256, linear warm-up then cosine to ``min_lr``, per iteration.
+- Layer-wise lr decay (timm's ``param_groups_layer_decay``, BEiT's layer ids): the embeddings are
+  layer 0, block i is layer i + 1, the final norm and the classifier the top layer L + 1; layer
+  l learns at ``lr * decay ** (L + 1 - l)``. Decay 0.65 for ViT-B, 0.75 for ViT-S/L (official).
+- Drop path (0.1 for ViT-S), mixup 0.8 / cutmix 1.0 with label smoothing 0.1 (timm ``Mixup``),
+  RandAugment ``rand-m9-mstd0.5-inc1`` (magnitude clipped at 9, see ``FinetuneConfig``) and random
+  erasing 0.25 (timm ``create_transform``).
+- Optional EMA of the weights (timm ``ModelEmaV3``), evaluated alongside.
+- Top-1 / top-5 on the val split after every epoch; an atomic checkpoint after every epoch,
+  and ``resume`` continues from it. Each epoch seeds every generator from ``(seed, epoch)``, so
+  a resumed run repeats the epochs an uninterrupted one would have run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ibot.eval.features import EvalDataset, collate_skip_none
+from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
+
+
+class FinetuneModel(nn.Module):
+    """``backbone`` + ``Linear(embed_dim, num_classes)`` on its normed [CLS] (B, D) -> (B, C)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, init_scale: float = 0.001) -> None:
+        super().__init__()
+        from timm.layers import trunc_normal_
+
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.embed_dim, num_classes)
+        trunc_normal_(self.head.weight, std=0.02)
+        with torch.no_grad():
+            self.head.weight.mul_(init_scale)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Layer ids for timm's ``param_groups_layer_decay`` (BEiT's): embeddings first, then each
+        block (a Swin patch merging joins the block before it, ``(99999,)`` in timm's notation);
+        unmatched parameters (final norm, classifier) form the top layer."""
+        if hasattr(self.backbone, "blocks"):
+            blocks = [(r"^backbone\.blocks\.(\d+)\.", None)]
+        else:
+            blocks = [(r"^backbone\.layers\.(\d+)\.blocks\.(\d+)\.", None),
+                      (r"^backbone\.layers\.(\d+)\.downsample\.", (99999,))]
+        return {"stem": r"^backbone\.(?:cls_token|pos_embed|patch_embed|masked_embed)", "blocks": blocks}
+
+    @staticmethod
+    def no_weight_decay() -> tuple[str, ...]:
+        """Besides biases and norms (all 1-D parameters): BEiT's and Swin's exclusions."""
+        return ("backbone.cls_token", "backbone.pos_embed", "*relative_position_bias_table")
+
+
+def layer_decay_param_groups(model: FinetuneModel, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups, each with its ``lr_scale`` and ``weight_decay`` (timm's implementation)."""
+    from timm.optim import param_groups_layer_decay
+
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"layer decay must be in (0, 1], got {layer_decay}")
+    return param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay,
+                                    no_weight_decay_list=model.no_weight_decay())
+
+
+def train_transform(cfg: FinetuneConfig):
+    """timm's training transform at ``cfg.image_size`` (no 224 assumption): random resized crop,
+    flip, RandAugment, ImageNet normalisation, random erasing."""
+    from timm.data import create_transform
+
+    return create_transform(input_size=cfg.image_size, is_training=True, scale=(cfg.min_crop_scale, 1.0),
+                            auto_augment=cfg.auto_augment, interpolation="bicubic", re_prob=cfg.reprob,
+                            re_mode="pixel", re_count=1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy over ``loader``."""
+    model.eval()
+    hits1 = hits5 = total = 0
+    loss = 0.0
+    for images, labels, _ in loader:
+        if len(images) == 0:
+            continue
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels.view(-1, 1))
+        hits1 += int(ranked[:, 0].sum())
+        hits5 += int(ranked.any(dim=1).sum())
+        loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        total += len(labels)
+    if total == 0:
+        raise ValueError("no readable image in the validation split")
+    return {"top1": 100.0 * hits1 / total, "top5": 100.0 * hits5 / total, "loss": loss / total}
+
+
+def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed torch, numpy and random (timm's augmentations and Mixup use all three)."""
+    value = seed * 100_003 + epoch
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
+    return torch.Generator().manual_seed(value)
+
+
+class Finetuner:
+    """Fine-tunes ``backbone`` (built with the wanted drop path) on dataset spec ``data``."""
+
+    def __init__(self, backbone: nn.Module, arch: str, data: str, cfg: FinetuneConfig, output_dir: str | Path,
+                 backbone_info: dict[str, Any] | None = None) -> None:
+        from timm.data import Mixup
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        from ibot.data.datasets import build_dataset
+        from ibot.eval.features import evaluation_transform
+        from ibot.train.trainer import resolve_device, resolve_precision
+        from ibot.train.schedules import cosine_schedule
+
+        self.cfg, self.data, self.arch = cfg, data, arch
+        self.output_dir = Path(output_dir)
+        self.checkpoint_path = self.output_dir / "checkpoint.safetensors"
+        self.backbone_info = backbone_info or {}
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = resolve_precision("auto", self.device)
+        train_base = build_dataset(data, split="train")
+        self.classes = list(train_base.classes)
+        num_classes = len(self.classes)
+        if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
+            raise ValueError(f"batch size {cfg.batch_size} is odd; mixup/cutmix pair the images of a batch")
+        if len(train_base) < cfg.batch_size:
+            raise ValueError(f"{data} has {len(train_base)} training images, fewer than one batch of "
+                             f"{cfg.batch_size}; lower the batch size")
+        self.train_set = EvalDataset(train_base, train_transform(cfg))
+        self.val_set = EvalDataset(build_dataset(data, split="val"), evaluation_transform(cfg.image_size, cfg.crop_pct))
+
+        torch.manual_seed(cfg.seed)
+        self.model = FinetuneModel(backbone, num_classes).to(self.device)
+        decay = cfg.layer_decay if cfg.layer_decay is not None else default_layer_decay(arch)
+        self.layer_decay = decay
+        self.optimizer = torch.optim.AdamW(layer_decay_param_groups(self.model, cfg.weight_decay, decay),
+                                           lr=cfg.lr, betas=(0.9, 0.999))
+        self.steps_per_epoch = len(self.train_set) // cfg.batch_size  # drop_last: mixup needs full pairs
+        base_lr = cfg.lr * cfg.batch_size / 256.0
+        self.lr_schedule = cosine_schedule(base_lr, cfg.min_lr, cfg.epochs, self.steps_per_epoch,
+                                           warmup_epochs=min(cfg.warmup_epochs, cfg.epochs))
+        self.mixup = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                               num_classes=num_classes)
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif cfg.label_smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        self.ema = None
+        if cfg.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
+        self.val_loader = DataLoader(self.val_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                     collate_fn=collate_skip_none)
+
+    # -------------------------------------------------------------------------- checkpoints
+    def save(self, epoch: int, history: list[dict[str, Any]]) -> Path:
+        from ibot.train import checkpoint as ckpt
+
+        opt_tensors, param_groups = ckpt.optimizer_to_tensors(self.optimizer.state_dict())
+        tensors = {**ckpt.prefixed("model.", self.model.state_dict()), **opt_tensors}
+        if self.ema is not None:
+            tensors.update(ckpt.prefixed("ema.", self.ema.module.state_dict()))
+        meta = {"kind": "finetune", "epoch": epoch, "finetune": dataclasses.asdict(self.cfg), "data": self.data,
+                "arch": self.arch, "backbone": self.backbone_info, "classes": self.classes,
+                "optimizer_param_groups": param_groups, "history": history}
+        return ckpt.save_checkpoint(self.checkpoint_path, tensors, meta)
+
+    def load(self, path: str | Path) -> tuple[int, list[dict[str, Any]]]:
+        from ibot.train import checkpoint as ckpt
+
+        tensors, meta = ckpt.load_checkpoint(path)
+        if meta.get("kind") != "finetune":
+            raise ValueError(f"--resume: {path} is not a fine-tuning checkpoint")
+        try:
+            self.model.load_state_dict(ckpt.strip_prefix("model.", tensors))
+            if self.ema is not None:
+                ema = ckpt.strip_prefix("ema.", tensors)
+                self.ema.module.load_state_dict(ema or ckpt.strip_prefix("model.", tensors))
+        except RuntimeError as exc:
+            raise ValueError(f"--resume: {path} does not fit this model: {str(exc).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer_param_groups"]))
+        return meta["epoch"], meta["history"]
+
+    # -------------------------------------------------------------------------- training
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        generator = _seed_epoch(cfg.seed, epoch)
+        loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                            num_workers=cfg.num_workers, collate_fn=collate_skip_none, generator=generator)
+        self.model.train()
+        total, count, lr, skipped = 0.0, 0, 0.0, 0
+        bar = tqdm(loader, desc=f"fine-tune epoch {epoch}", unit="step", disable=not cfg.progress, leave=False)
+        for step, (images, labels, why) in enumerate(bar):
+            skipped += len(why)
+            if len(images) < 2:
+                continue
+            if len(images) % 2:  # a skipped unreadable image left an odd batch; mixup pairs images
+                images, labels = images[:-1], labels[:-1]
+            it = epoch * self.steps_per_epoch + step
+            lr = float(self.lr_schedule[it])
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            images, labels = images.to(self.device), labels.to(self.device)
+            if self.mixup is not None:
+                images, labels = self.mixup(images, labels)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss = self.criterion(self.model(images), labels)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"fine-tuning loss is {loss.item()} at epoch {epoch}, step {step}; "
+                                   "try a lower --lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model, step=it)
+            total += loss.item()
+            count += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        return {"train_loss": total / max(count, 1), "lr": lr, "skipped_images": skipped}
+
+    def fit(self, resume: str | Path | None = None, max_epochs: int | None = None) -> dict[str, Any]:
+        """Train to ``cfg.epochs`` (or for at most ``max_epochs`` in this call, then stop with a
+        checkpoint); returns the results (best and last top-1/top-5, history)."""
+        start, history = self.load(resume) if resume else (0, [])
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        end = self.cfg.epochs if max_epochs is None else min(self.cfg.epochs, start + max_epochs)
+        for epoch in range(start, end):
+            tic = time.perf_counter()
+            record = {"epoch": epoch, **self.train_epoch(epoch)}
+            record.update({f"val_{k}": v for k, v in evaluate(self.model, self.val_loader, self.device).items()})
+            if self.ema is not None:
+                record.update({f"ema_val_{k}": v for k, v in evaluate(self.ema.module, self.val_loader,
+                                                                      self.device).items()})
+            record["seconds"] = time.perf_counter() - tic
+            history.append(record)
+            with (self.output_dir / "log.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            tqdm.write(f"fine-tune epoch {epoch}: loss {record['train_loss']:.4f}, val top-1 {record['val_top1']:.2f}%"
+                       f" top-5 {record['val_top5']:.2f}%"
+                       + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if self.ema is not None else ""))
+            self.save(epoch + 1, history)
+        return self.results(history)
+
+    def results(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        if not history:
+            raise ValueError("no fine-tuning epoch was run (is --epochs 0, or the run already finished?)")
+        keys = ["val"] + (["ema_val"] if self.ema is not None else [])
+        key, best = max(((k, r) for k in keys for r in history), key=lambda kr: kr[1][f"{kr[0]}_top1"])
+        last = history[-1]
+        return {"top1": best[f"{key}_top1"], "top5": best[f"{key}_top5"], "best_epoch": best["epoch"],
+                "best_from": "ema" if key == "ema_val" else "model",
+                "last_top1": last["val_top1"], "last_top5": last["val_top5"], "epochs": len(history),
+                "layer_decay": self.layer_decay, "history": history}

@@ -1,0 +1,188 @@
+"""ONNX export of a pre-trained backbone (features) or a fine-tuned classifier (logits).
+
+The graph takes ``images`` (batch, 3, S, S), already preprocessed, with a dynamic batch
+dimension, and returns ``features`` (batch, D) = the normed [CLS] token, or ``logits``
+(batch, C). The preprocessing it expects (:class:`ibot.infer.Preprocess`), the kind of model and
+a classifier's class names travel in the ONNX ``metadata_props`` (keys ``ibot.*``), so
+``ibot infer`` needs nothing but the ``.onnx`` file.
+
+Exporter: the TorchScript-based ``torch.onnx.export(dynamo=False)``, which needs no extra
+package; it decomposes the fused scaled-dot-product attention into plain ONNX ops.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ibot.infer import META_PREFIX, Preprocess
+
+__all__ = ["KINDS", "OPSET", "Exportable", "compare_with_onnx", "default_crop_pct", "export_checkpoint",
+           "export_onnx", "load_exportable"]
+
+KINDS = ("features", "classifier")
+OPSET = 17  # LayerNormalization is a single op from opset 17
+
+
+@dataclass
+class Exportable:
+    """A network ready for export: ``model`` maps (B, 3, S, S) to (B, D) features or (B, C) logits."""
+
+    model: nn.Module
+    kind: str
+    image_size: int  # the size it was trained on
+    patch_size: int  # exported sizes must be a multiple of it (ViT)
+    class_names: list[str] | None = None
+    crop_pct: float | None = None  # the evaluation crop recorded with a fine-tuned model
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def default_crop_pct(image_size: int) -> float:
+    """As :func:`ibot.eval.features.evaluation_transform`: the official 0.875 (resize 256, crop 224),
+    no crop for images under 64 px (Fashion-MNIST), whose pre-training crops covered them whole."""
+    return 0.875 if image_size >= 64 else 1.0
+
+
+def _load_classifier(path: Path) -> Exportable:
+    """The fine-tuned model of an ``ibot finetune`` checkpoint (:mod:`ibot.eval.finetune`)."""
+    from ibot.eval.finetune import FinetuneModel
+    from ibot.models import build_backbone
+    from ibot.train.checkpoint import load_checkpoint, strip_prefix
+
+    tensors, meta = load_checkpoint(path, prefix="model.")
+    if meta.get("kind") != "finetune":
+        raise ValueError(f"{path} is not an 'ibot finetune' checkpoint; export a backbone with --kind features")
+    info = meta.get("backbone") or {}
+    state = strip_prefix("model.", tensors)
+    try:
+        arch, patch_size, kwargs = info["arch"], int(info["patch_size"]), dict(info.get("build_kwargs") or {})
+    except KeyError as exc:
+        raise ValueError(f"{path}: its metadata does not describe the backbone (no {exc})") from None
+    backbone = build_backbone(arch, patch_size=patch_size, masked_im_modeling="backbone.masked_embed" in state, **kwargs)
+    model = FinetuneModel(backbone, num_classes=state["head.weight"].shape[0])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the fine-tuned weights do not fit {arch}/{patch_size}: "
+                         f"{' '.join(str(exc).split())[:300]}") from None
+    finetune = meta.get("finetune") or {}
+    image_size = int(finetune.get("image_size") or info.get("image_size") or kwargs.get("img_size", 224))
+    classes = list(meta.get("classes") or []) or None
+    return Exportable(model.eval(), "classifier", image_size, patch_size, classes, finetune.get("crop_pct"),
+                      {"checkpoint": path.name, "arch": arch, "data": meta.get("data")})
+
+
+def load_exportable(checkpoint: str | Path, kind: str = "features", key: str = "teacher", arch: str | None = None,
+                    patch_size: int | None = None) -> Exportable:
+    """The ``key`` backbone of a pre-training checkpoint (ours or official: ``arch`` needed) for
+    ``kind="features"``, or the model of a fine-tuning checkpoint for ``kind="classifier"``."""
+    from ibot.eval.checkpoints import is_our_checkpoint, load_backbone
+    from ibot.train.checkpoint import load_checkpoint
+
+    path = Path(checkpoint)
+    if kind not in KINDS:
+        raise ValueError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if kind == "classifier":
+        return _load_classifier(path)
+    if is_our_checkpoint(path) and load_checkpoint(path, prefix="\0")[1].get("kind") == "finetune":  # metadata only
+        raise ValueError(f"{path} is a fine-tuning checkpoint: export it with --kind classifier")
+    loaded = load_backbone(path, key=key, arch=arch, patch_size=patch_size)
+    return Exportable(loaded.backbone.eval(), "features", loaded.image_size, loaded.patch_size,
+                      source={"checkpoint": path.name, "key": key, "arch": loaded.name, "data": loaded.data})
+
+
+def _bake_position_embedding(model: nn.Module, image_size: int) -> None:
+    """Interpolate every ViT position embedding of ``model`` to ``image_size`` once, in place: the
+    traced graph has a fixed size, and tracing the interpolation would record its scale factors
+    as tensors, which ``F.interpolate`` refuses."""
+    from ibot.models.vision_transformer import VisionTransformer
+
+    for module in model.modules():
+        if isinstance(module, VisionTransformer):
+            side = image_size // module.patch_size
+            with torch.no_grad():
+                pos_embed = module.interpolate_pos_encoding((side, side))  # (1, 1 + side**2, D)
+            module.pos_embed = nn.Parameter(pos_embed.clone(), requires_grad=False)
+
+
+def export_onnx(model: nn.Module, output: str | Path, preprocess: Preprocess, kind: str = "features",
+                class_names: list[str] | None = None, source: dict[str, Any] | None = None,
+                opset: int = OPSET) -> Path:
+    """Trace ``model`` at ``preprocess.image_size`` with a dynamic batch, record the metadata,
+    check the graph with ``onnx.checker`` and write it to ``output``."""
+    import onnx
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    size = preprocess.image_size
+    model = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays as it was
+    _bake_position_embedding(model, size)
+    example = torch.zeros(2, 3, size, size)
+    out_name = "features" if kind == "features" else "logits"
+    with warnings.catch_warnings():  # tracer notes on Python-side shape checks; the exporter's deprecation
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(model, (example,), str(output), dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=[out_name],
+                              dynamic_axes={"images": {0: "batch"}, out_name: {0: "batch"}})
+    graph = onnx.load(str(output))
+    props = {f"{META_PREFIX}kind": kind, f"{META_PREFIX}preprocess": json.dumps(asdict(preprocess)),
+             f"{META_PREFIX}source": json.dumps(source or {})}
+    if class_names:
+        props[f"{META_PREFIX}class_names"] = json.dumps(list(class_names))
+    onnx.helper.set_model_props(graph, props)
+    graph.doc_string = f"iBOT {kind} model on (batch, 3, {size}, {size}) images, preprocessed as metadata ibot.preprocess says"
+    onnx.checker.check_model(graph, full_check=True)
+    onnx.save(graph, str(output))
+    return output
+
+
+def compare_with_onnx(model: nn.Module, onnx_path: str | Path, images: np.ndarray) -> tuple[float, bool]:
+    """Max |onnxruntime - PyTorch| over ``images`` (B, 3, S, S), and whether the argmax (top-1)
+    of every row agrees. ``model`` is put in eval mode on the CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    onnx_out = session.run(None, {session.get_inputs()[0].name: images})[0]
+    with torch.no_grad():
+        torch_out = model.float().cpu().eval()(torch.from_numpy(images)).numpy()
+    if onnx_out.shape != torch_out.shape:
+        raise ValueError(f"ONNX output {onnx_out.shape} != PyTorch output {torch_out.shape}")
+    same_top1 = bool((onnx_out.argmax(axis=1) == torch_out.argmax(axis=1)).all())
+    return float(np.abs(onnx_out - torch_out).max()), same_top1
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path, kind: str = "features", image_size: int | None = None,
+                      crop_pct: float | None = None, key: str = "teacher", arch: str | None = None,
+                      patch_size: int | None = None, verify: bool = True) -> dict[str, Any]:
+    """Export a checkpoint (see :func:`load_exportable`); with ``verify``, compare onnxruntime with
+    PyTorch on a random batch of 3. Returns what was written (path, kind, preprocessing, max diff)."""
+    if Path(output).suffix != ".onnx":
+        raise ValueError(f"output {output} must end in .onnx")
+    exportable = load_exportable(checkpoint, kind, key, arch, patch_size)
+    size = image_size or exportable.image_size
+    if size < 1 or size % exportable.patch_size:
+        raise ValueError(f"--image-size {size} must be a positive multiple of the patch size {exportable.patch_size}")
+    crop_pct = crop_pct or exportable.crop_pct or default_crop_pct(size)
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+    preprocess = Preprocess(image_size=size, resize_size=math.floor(size / crop_pct))
+    path = export_onnx(exportable.model, output, preprocess, kind, exportable.class_names, exportable.source)
+    report: dict[str, Any] = {"path": str(path), "kind": kind, "preprocess": asdict(preprocess),
+                              "classes": len(exportable.class_names or [])}
+    if verify:
+        images = np.random.default_rng(0).standard_normal((3, 3, size, size)).astype(np.float32)
+        report["max_abs_diff"], report["same_top1"] = compare_with_onnx(exportable.model, path, images)
+    return report

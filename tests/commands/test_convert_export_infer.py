@@ -1,0 +1,133 @@
+"""``ibot convert``, ``ibot export`` and ``ibot infer`` from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ibot import hub
+from ibot.cli import main
+from ibot.config import config_from_dict
+from ibot.eval.checkpoints import load_backbone
+from ibot.train.checkpoint import load_checkpoint, strip_prefix
+from ibot.train.trainer import build_student_teacher
+from tests.test_export import write_tiny_checkpoint
+
+VIT = ["--arch", "vit_tiny", "--depth", "3"]  # the fixtures' model: ViT-Ti/16 with 3 blocks
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ibot: error:"), err
+    return err[0]
+
+
+# ------------------------------------------------------------------------------ convert
+def test_convert_full_checkpoint_keeps_both_networks_and_centres(fixtures_dir, tmp_path):
+    src = fixtures_dir / "vit_full_checkpoint.pth"
+    out = tmp_path / "converted.safetensors"
+    assert main(["convert", str(src), str(out), *VIT]) == 0
+    reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
+    for key in ("teacher", "student"):
+        ours = load_backbone(out, key=key)
+        official = hub.load_backbone(src, "vit_tiny", 16, key=key, depth=3)
+        with torch.no_grad():
+            got = ours.backbone(reference["x224"], return_all_tokens=True)
+            torch.testing.assert_close(got, official(reference["x224"], return_all_tokens=True), atol=0, rtol=0)
+    with torch.no_grad():  # and the official teacher's outputs, as the parity tests of ibot.hub
+        torch.testing.assert_close(load_backbone(out).backbone(reference["x224"], return_all_tokens=True),
+                                   reference["tokens224"], atol=1e-5, rtol=0)
+
+    tensors, meta = load_checkpoint(out)
+    raw = hub.safe_torch_load(src)
+    torch.testing.assert_close(tensors["loss.center"], raw["ibot_loss"]["center"], atol=0, rtol=0)
+    torch.testing.assert_close(tensors["loss.center2"], raw["ibot_loss"]["center2"], atol=0, rtol=0)
+    torch.testing.assert_close(tensors["teacher.head.last_layer.weight_g"], raw["teacher"]["head.last_layer.weight_g"])
+    assert "student.backbone.masked_embed" in tensors and "teacher.backbone.masked_embed" not in tensors
+    assert meta["epoch"] == raw["epoch"] and meta["step_in_epoch"] == 0
+    cfg = config_from_dict(meta["config"])
+    assert (cfg.model.arch, cfg.model.patch_size, cfg.model.depth, cfg.model.out_dim) == ("vit_tiny", 16, 3, 512)
+    assert (cfg.model.head_hidden_dim, cfg.model.head_bottleneck_dim, cfg.model.shared_head) == (256, 64, True)
+    assert cfg.optim.epochs == 10 and cfg.loss.teacher_temp == 0.07  # from the official args
+    student, teacher = build_student_teacher(cfg)  # what pre-training builds from that config
+    student.load_state_dict(strip_prefix("student.", tensors))
+    teacher.load_state_dict(strip_prefix("teacher.", tensors))
+
+
+def test_convert_backbone_only_file(fixtures_dir, tmp_path):
+    out = tmp_path / "backbone.safetensors"
+    assert main(["convert", str(fixtures_dir / "vit_checkpoint_teacher.pth"), str(out), *VIT]) == 0
+    tensors, meta = load_checkpoint(out)
+    assert tensors and all(k.startswith("teacher.backbone.") for k in tensors)
+    reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
+    with torch.no_grad():
+        got = load_backbone(out).backbone(reference["x96"], return_all_tokens=True)
+    torch.testing.assert_close(got, reference["tokens96"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--arch"),  # the fixture's args say 'vit_custom'
+    (["--arch", "vit_tiny"], "missing keys (108) ['blocks.10."),  # 12 blocks expected, 3 in the file
+    (["--arch", "vit_small", "--depth", "3"], "does not fit"),
+])
+def test_convert_mismatch_is_one_line_error(fixtures_dir, tmp_path, capsys, extra, message):
+    src = fixtures_dir / "vit_full_checkpoint.pth"
+    assert main(["convert", str(src), str(tmp_path / "x.safetensors"), *extra]) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_convert_refuses_a_pickle_that_runs_code(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    bad = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"cls_token": torch.zeros(1)}, "payload": Evil()}, bad)
+    assert main(["convert", str(bad), str(tmp_path / "x.safetensors"), "--arch", "vit_tiny"]) == 2
+    assert "refusing to load" in _one_error_line(capsys)
+    assert "this must never run" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ export + infer
+def test_export_then_infer_on_real_files(tmp_path, capsys):
+    checkpoint = write_tiny_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    model = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint), str(model)]) == 0
+    assert "max |diff|" in capsys.readouterr().out
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(rng.integers(0, 256, (31, 47, 3), dtype=np.uint8)).save(images / "rgb.jpg")
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), mode="L").save(images / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (64, 20, 4), dtype=np.uint8), mode="RGBA").save(images / "rgba.png")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(30))
+    out = tmp_path / "out" / "features.npy"
+    assert main(["infer", str(model), str(images), "--output", str(out), "--batch-size", "2", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.err.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "broken.jpg" in skipped[0]
+    assert "3 images" in captured.out and "skipped 1" in captured.out
+    features = np.load(out)
+    index = json.loads(out.with_suffix(".json").read_text())
+    assert features.shape == (3, 32) and [Path(f).name for f in index["files"]] == ["gray.png", "rgb.jpg", "rgba.png"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["convert", "{tmp}/missing.pth", "{tmp}/out.safetensors", "--arch", "vit_small"], "missing.pth"),
+    (["convert", "{tmp}/model.onnx", "{tmp}/out.pth"], "out.pth must end in .safetensors"),
+    (["export", "{tmp}/missing.safetensors", "{tmp}/out.onnx"], "missing.safetensors"),
+    (["infer", "{tmp}/missing.onnx", "{tmp}/image.png"], "missing.onnx"),
+    (["infer", "{tmp}/model.onnx", "{tmp}/no_images"], "no_images"),
+])
+def test_missing_files_are_one_line_errors(argv, message, tmp_path, capsys):
+    (tmp_path / "model.onnx").write_bytes(b"not a model")
+    Image.new("RGB", (8, 8)).save(tmp_path / "image.png")
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert message in _one_error_line(capsys)

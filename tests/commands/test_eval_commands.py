@@ -1,0 +1,95 @@
+"""``ibot knn | linear | cluster | semisup | finetune`` end to end on a tiny checkpoint and image folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ibot.cli import main
+from tests.eval.helpers import session_tiny_run
+
+QUIET = ["--no-progress", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return session_tiny_run(tmp_path_factory)
+
+
+def run_json(argv, path):
+    assert main(argv) == 0
+    return json.loads(path.read_text())
+
+
+def test_knn_command_caches_features(tiny_run, tmp_path):
+    checkpoint, folder = tiny_run
+    argv = ["knn", "-c", str(checkpoint), "--data", str(folder), "--output-dir", str(tmp_path), "--ks", "1", "3",
+            *QUIET]
+    first = run_json(argv, tmp_path / "knn.json")
+    assert set(first["results"]) == {"1", "3"} and first["num_train"] == first["num_val"] == 24
+    # train and val are the same folder here, so 1-NN finds every image itself
+    assert first["results"]["1"]["top1"] == 100.0
+    cached = sorted((tmp_path / "features").glob("*.pt"))
+    assert len(cached) == 2
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    assert run_json(argv, tmp_path / "knn.json")["results"] == first["results"]
+    assert [p.stat().st_mtime_ns for p in cached] == stamps  # read, not rewritten
+
+
+def test_linear_command(tiny_run, tmp_path):
+    checkpoint, folder = tiny_run
+    result = run_json(["linear", "-c", str(checkpoint), "--output-dir", str(tmp_path), "--epochs", "3",
+                       "--lrs", "0.1", "1", "--train-batch-size", "8", *QUIET], tmp_path / "linear.json")
+    assert result["data"] == str(folder)  # the checkpoint's own pre-training data by default
+    assert result["features"] == "linear-n1-avgpool0" and result["feature_dim"] == 32
+    assert [r["lr"] for r in result["per_lr"]] == [0.1, 1.0] and result["lr"] in (0.1, 1.0)
+    assert (tmp_path / "linear_head.safetensors").is_file()
+
+
+def test_cluster_command(tiny_run, tmp_path):
+    checkpoint, _ = tiny_run
+    result = run_json(["cluster", "-c", str(checkpoint), "--output-dir", str(tmp_path), *QUIET],
+                      tmp_path / "cluster.json")
+    assert result["results"]["prototypes"]["num_prototypes"] == 64
+    assert result["results"]["kmeans"]["k"] == 3 and result["results"]["kmeans"]["num_clusters"] == 3
+    for scores in result["results"].values():
+        assert {"nmi", "ari", "acc", "purity"} <= set(scores)
+
+
+def test_semisup_command(tiny_run, tmp_path):
+    checkpoint, _ = tiny_run
+    result = run_json(["semisup", "-c", str(checkpoint), "--output-dir", str(tmp_path), "--fractions", "0.25", "0.5",
+                       *QUIET], tmp_path / "semisup.json")
+    assert result["results"]["25%"]["num_labels"] == 6 and result["results"]["50%"]["num_labels"] == 12
+
+
+def test_finetune_command_and_resume(tiny_run, tmp_path):
+    checkpoint, _ = tiny_run
+
+    def argv(epochs, *extra):
+        return ["finetune", "-c", str(checkpoint), "--output-dir", str(tmp_path), "--epochs", str(epochs),
+                "--batch-size", "8", "--warmup-epochs", "0", "--device", "cpu", *QUIET, *extra]
+
+    first = run_json(argv(1), tmp_path / "finetune.json")
+    assert first["epochs"] == 1 and first["config"]["image_size"] == 16
+    assert (tmp_path / "checkpoint.safetensors").is_file()
+    second = run_json(argv(2, "--resume", "auto"), tmp_path / "finetune.json")
+    assert [r["epoch"] for r in second["history"]] == [0, 1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["knn", "-c", "/nonexistent/ckpt.safetensors"], "/nonexistent/ckpt.safetensors"),
+    (["knn", "-c", "CKPT", "--data", "/nonexistent/images"], "/nonexistent/images"),
+    (["knn", "-c", "CKPT", "--ks", "0"], "--ks"),
+    (["linear", "-c", "CKPT", "--arch", "vit_base"], "vit_tiny/4"),
+    (["cluster", "-c", "OFFICIAL"], "--arch"),
+    (["finetune", "-c", "CKPT", "--resume", "/nonexistent/ft.safetensors"], "/nonexistent/ft.safetensors"),
+])
+def test_user_errors_are_one_line(argv, message, tiny_run, tmp_path, capsys):
+    official = tmp_path / "official.pth"
+    official.write_bytes(b"")
+    argv = [{"CKPT": str(tiny_run[0]), "OFFICIAL": str(official)}.get(a, a) for a in argv]
+    assert main([*argv, "--output-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ibot: error:") and message in err[0]

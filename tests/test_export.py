@@ -1,0 +1,132 @@
+"""ONNX export: metadata, checker, dynamic batch and parity with PyTorch (tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from ibot.config import resolve_config
+from ibot.export import compare_with_onnx, export_checkpoint, export_onnx, load_exportable
+from ibot.infer import Preprocess, read_model_info
+from ibot.models import build_backbone
+from ibot.train.checkpoint import prefixed, save_checkpoint
+
+TINY = ["model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.out_dim=64", "model.patch_out_dim=64",
+        "model.head_hidden_dim=32", "model.head_bottleneck_dim=16", "data.global_crops_size=16",
+        "data.local_crops_size=8"]
+
+
+def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """One of our pre-training checkpoints holding a random 1-block ViT (patch 4, 16 px crops)."""
+    from ibot.train.trainer import build_student_teacher
+
+    cfg = resolve_config("cpu", overrides=TINY)
+    torch.manual_seed(seed)
+    student, teacher = build_student_teacher(cfg)
+    with torch.no_grad():  # make the teacher differ from the student
+        for p in teacher.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    tensors = {**prefixed("student.", student.state_dict()), **prefixed("teacher.", teacher.state_dict())}
+    return save_checkpoint(path, tensors, {"epoch": 1, "step_in_epoch": 0, "config": cfg.to_dict()})
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors")
+
+
+def _run(path: Path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": images})[0]
+
+
+def test_features_round_trip_dynamic_batch(tiny_checkpoint, tmp_path):
+    report = export_checkpoint(tiny_checkpoint, tmp_path / "features.onnx")
+    assert report["kind"] == "features" and report["max_abs_diff"] < 1e-4 and report["same_top1"]
+    backbone = load_exportable(tiny_checkpoint).model
+    rng = np.random.default_rng(1)
+    for batch in (1, 3):
+        images = rng.standard_normal((batch, 3, 16, 16)).astype(np.float32)
+        with torch.no_grad():
+            expected = backbone(torch.from_numpy(images)).numpy()
+        got = _run(tmp_path / "features.onnx", images)
+        assert got.shape == (batch, 32)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_metadata_records_preprocessing_and_graph_is_valid(tiny_checkpoint, tmp_path):
+    export_checkpoint(tiny_checkpoint, tmp_path / "m.onnx", crop_pct=0.5, verify=False)
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param == "batch" and not batch_dim.HasField("dim_value")
+    meta = {p.key: p.value for p in model.metadata_props}
+    kind, spec, names = read_model_info(meta)
+    assert kind == "features" and names is None
+    assert spec == Preprocess(image_size=16, resize_size=32)  # floor(16 / 0.5), ImageNet mean / std
+    assert json.loads(meta["ibot.source"])["key"] == "teacher"
+
+
+def test_student_and_teacher_export_differently(tiny_checkpoint, tmp_path):
+    export_checkpoint(tiny_checkpoint, tmp_path / "t.onnx", verify=False)
+    export_checkpoint(tiny_checkpoint, tmp_path / "s.onnx", key="student", verify=False)
+    images = np.random.default_rng(2).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    assert np.abs(_run(tmp_path / "t.onnx", images) - _run(tmp_path / "s.onnx", images)).max() > 1e-3
+
+
+def test_other_image_size_interpolates_position_embedding(tiny_checkpoint, tmp_path):
+    report = export_checkpoint(tiny_checkpoint, tmp_path / "m24.onnx", image_size=24)
+    assert report["preprocess"]["image_size"] == 24 and report["max_abs_diff"] < 1e-4
+
+
+def test_bad_options_are_one_line_errors(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="multiple of the patch size 4"):
+        export_checkpoint(tiny_checkpoint, tmp_path / "m.onnx", image_size=18)
+    with pytest.raises(ValueError, match=r"\.onnx"):
+        export_checkpoint(tiny_checkpoint, tmp_path / "m.bin")
+    with pytest.raises(ValueError, match="--kind"):
+        load_exportable(tiny_checkpoint, kind="detector")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load_exportable(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="not an 'ibot finetune' checkpoint"):
+        load_exportable(tiny_checkpoint, kind="classifier")
+
+
+def test_swin_exports_with_dynamic_batch(tmp_path):
+    torch.manual_seed(0)
+    swin = build_backbone("swin_tiny", patch_size=4, window_size=2, img_size=32, embed_dim=16, depths=(1, 1),
+                          num_heads=(1, 2)).eval()
+    export_onnx(swin, tmp_path / "swin.onnx", Preprocess(image_size=32, resize_size=32))
+    for batch in (1, 3):
+        images = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        diff, same_top1 = compare_with_onnx(swin, tmp_path / "swin.onnx", images)
+        assert diff < 1e-4 and same_top1
+
+
+def test_classifier_from_a_finetune_checkpoint(tiny_checkpoint, tmp_path):
+    from ibot.cli import main
+    from tests.train.helpers import make_image_folder
+
+    data = make_image_folder(tmp_path / "images", n_per_class=4, classes=3)
+    out = tmp_path / "finetune"
+    assert main(["finetune", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--epochs", "1",
+                 "--batch-size", "4", "--num-workers", "0", "--mixup", "0", "--cutmix", "0", "--auto-augment", "none",
+                 "--output-dir", str(out), "--no-progress"]) == 0
+    report = export_checkpoint(out / "checkpoint.safetensors", tmp_path / "classifier.onnx", kind="classifier")
+    assert report["max_abs_diff"] < 1e-4 and report["same_top1"] and report["classes"] == 3
+    model = onnx.load(str(tmp_path / "classifier.onnx"))
+    kind, spec, names = read_model_info({p.key: p.value for p in model.metadata_props})
+    assert kind == "classifier" and names == ["class0", "class1", "class2"] and spec.image_size == 16
+    classifier = load_exportable(out / "checkpoint.safetensors", kind="classifier").model
+    images = np.random.default_rng(3).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        expected = classifier(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(_run(tmp_path / "classifier.onnx", images), expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="fine-tuning checkpoint: export it with --kind classifier"):
+        load_exportable(out / "checkpoint.safetensors")

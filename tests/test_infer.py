@@ -1,0 +1,187 @@
+"""onnxruntime inference: torch-free preprocessing, image modes, corrupt files, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ibot.data.transforms import eval_transform
+from ibot.export import export_onnx
+from ibot.infer import (Preprocess, find_images, load_image, preprocess, read_model_info, run_inference, top_k,
+                        write_results)
+from ibot.models import build_backbone
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+class _Classifier(torch.nn.Module):
+    def __init__(self, backbone: torch.nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(backbone.embed_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    """A tiny features model and a tiny 3-class classifier, exported at 16 px (resize 18)."""
+    out = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_tiny", patch_size=4, img_size=16, depth=1, embed_dim=32, num_heads=2).eval()
+    classifier = _Classifier(backbone, len(CLASSES)).eval()
+    spec = Preprocess(image_size=16, resize_size=18)
+    export_onnx(backbone, out / "features.onnx", spec)
+    export_onnx(classifier, out / "classifier.onnx", spec, kind="classifier", class_names=CLASSES)
+    return {"features": (backbone, out / "features.onnx"), "classifier": (classifier, out / "classifier.onnx"),
+            "spec": spec}
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Real files in several sizes and modes, one in a sub-folder, one corrupt, one non-image."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(root / "rgb.png")
+    Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), mode="L").save(root / "gray.jpg")
+    Image.fromarray(rng.integers(0, 256, (17, 50, 4), dtype=np.uint8), mode="RGBA").save(root / "sub" / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (25, 25, 3), dtype=np.uint8)).convert("P").save(root / "palette.gif")
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+# ------------------------------------------------------------------------------ preprocessing
+@pytest.mark.parametrize("size, crop_pct", [((40, 30), 0.875), ((30, 57), 1.0), ((16, 16), 0.875), ((9, 12), 0.5)])
+def test_preprocess_matches_the_pytorch_evaluation_transform(size, crop_pct):
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+    spec = Preprocess(image_size=16, resize_size=math.floor(16 / crop_pct))
+    expected = eval_transform(16, crop_pct=crop_pct)(image).numpy()
+    got = preprocess(image, spec)
+    assert got.shape == (3, 16, 16) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "CMYK", "I;16", "1"])
+def test_every_mode_becomes_rgb(mode, tmp_path):
+    rng = np.random.default_rng(2)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (12, 14), dtype=np.uint16))
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("I;16", "CMYK") else "x.png")
+    image.save(path)
+    rgb = load_image(path)
+    assert rgb.mode == "RGB" and rgb.size == (14, 12)
+    if mode == "I;16":  # scaled to 8 bits, not clipped to white
+        assert 30 < np.asarray(rgb).mean() < 225
+
+
+def test_palette_with_transparency_loads(tmp_path):
+    image = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")
+    image.info["transparency"] = 0
+    image.save(tmp_path / "t.png", transparency=0)
+    assert load_image(tmp_path / "t.png").mode == "RGB"
+
+
+def test_corrupt_file_is_a_value_error_naming_it(tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(ValueError, match="bad.jpg"):
+        load_image(tmp_path / "bad.jpg")
+
+
+def test_find_images(image_folder):
+    names = [p.relative_to(image_folder).as_posix() for p in find_images(image_folder)]
+    assert names == ["corrupt.png", "gray.jpg", "palette.gif", "rgb.png", "sub/rgba.png"]
+    assert find_images(image_folder / "rgb.png") == [image_folder / "rgb.png"]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        find_images(image_folder / "nowhere")
+    (image_folder / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        find_images(image_folder / "empty")
+
+
+# ------------------------------------------------------------------------------ inference
+def test_folder_inference_skips_corrupt_and_matches_pytorch(models, image_folder):
+    backbone, path = models["features"]
+    reported = []
+    result = run_inference(path, image_folder, batch_size=3, progress=False, on_skip=lambda f, why: reported.append(f))
+    assert [Path(f).name for f in result.files] == ["gray.jpg", "palette.gif", "rgb.png", "rgba.png"]
+    assert [Path(f).name for f, _ in result.skipped] == ["corrupt.png"] and reported == [result.skipped[0][0]]
+    assert result.kind == "features" and result.outputs.shape == (4, 32)
+    batch = torch.from_numpy(np.stack([preprocess(load_image(f), models["spec"]) for f in result.files]))
+    with torch.no_grad():
+        expected = backbone(batch).numpy()
+    np.testing.assert_allclose(result.outputs, expected, atol=1e-4, rtol=0)
+    single = run_inference(path, image_folder / "sub" / "rgba.png", batch_size=1, progress=False)
+    np.testing.assert_allclose(single.outputs, result.outputs[3:], atol=1e-5, rtol=0)
+
+
+def test_all_unreadable_is_an_error(models, tmp_path):
+    (tmp_path / "a.png").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="no readable image"):
+        run_inference(models["features"][1], tmp_path, progress=False)
+
+
+def test_model_without_metadata_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="ibot export"):
+        read_model_info({}, tmp_path / "foreign.onnx")
+
+
+def test_features_written_as_npy_with_index(models, image_folder, tmp_path):
+    result = run_inference(models["features"][1], image_folder, progress=False)
+    written = write_results(result, tmp_path / "out" / "features.npy")
+    assert [p.name for p in written] == ["features.npy", "features.json"]
+    np.testing.assert_array_equal(np.load(written[0]), result.outputs)
+    index = json.loads(written[1].read_text())
+    assert index["files"] == result.files and index["skipped"][0]["file"].endswith("corrupt.png")
+    with pytest.raises(ValueError, match="writes .npy"):
+        write_results(result, tmp_path / "features.csv")
+    with pytest.raises(ValueError, match=".npy, .json or .csv"):
+        write_results(result, tmp_path / "features.txt")
+
+
+def test_classifier_top5_as_json_and_csv(models, image_folder, tmp_path):
+    classifier, path = models["classifier"]
+    result = run_inference(path, image_folder, progress=False)
+    assert result.kind == "classifier" and result.class_names == CLASSES
+    rows = json.loads(write_results(result, tmp_path / "p.json")[0].read_text())["predictions"]
+    batch = torch.from_numpy(np.stack([preprocess(load_image(f), models["spec"]) for f in result.files]))
+    with torch.no_grad():
+        probs = classifier(batch).softmax(dim=1).numpy()
+    for row, p in zip(rows, probs):
+        assert len(row["top5"]) == 3  # min(5, number of classes)
+        assert [c["index"] for c in row["top5"]] == list(np.argsort(-p))
+        assert row["top5"][0]["class"] == CLASSES[int(p.argmax())]
+        assert row["top5"][0]["probability"] == pytest.approx(float(p.max()), abs=1e-5)
+    with (write_results(result, tmp_path / "p.csv")[0]).open() as handle:
+        table = list(csv.reader(handle))
+    assert table[0] == ["file", "class_1", "probability_1", "class_2", "probability_2", "class_3", "probability_3"]
+    assert [r[1] for r in table[1:]] == [r["top5"][0]["class"] for r in rows]
+
+
+def test_top_k_orders_probabilities():
+    logits = np.array([[0.0, 3.0, 1.0, 2.0, -1.0, 5.0, 4.0]], dtype=np.float32)
+    probs, index = top_k(logits)
+    assert index.tolist() == [[5, 6, 1, 3, 2]]
+    assert np.all(np.diff(probs[0]) < 0) and probs.sum() < 1
+
+
+def test_inference_does_not_import_torch(models, image_folder, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from ibot.infer import run_inference, write_results; "
+            f"r = run_inference({str(models['classifier'][1])!r}, {str(image_folder)!r}, progress=False); "
+            f"write_results(r, {str(tmp_path / 'p.csv')!r}); assert 'torch' not in sys.modules, 'torch imported'")
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, capture_output=True, text=True)
