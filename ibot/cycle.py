@@ -45,7 +45,7 @@ STAGES is a '+'-separated list run in that order (default {DEFAULT_STAGES}):
   semisup    logistic regression, 1% / 10% labels   -> OUTPUT_DIR/eval/semisup.json
 Evaluation stages read the checkpoint of the pretrain stage (or --checkpoint). A failing stage
 stops the chain with its name and exit status. At the end: the model table (Arch., Par., PS =
-pre-training schedule in epochs, k-NN, Lin., Fin.), OUTPUT_DIR/results.json (copied to
+prediction shape (Block/Rand), Ep. = pre-training epochs, k-NN, Lin., Fin.), OUTPUT_DIR/results.json (copied to
 ./results.json) and OUTPUT_DIR/curves.png.
 
 With --preset cpu (the default) the evaluation stages get small budgets so that the whole cycle
@@ -163,7 +163,8 @@ def collect_results(args: argparse.Namespace, timings: dict[str, float]) -> dict
     if checkpoint.is_file():
         loaded = load_backbone(checkpoint)
         results["model"] = {"arch": loaded.name, "params_m": loaded.num_params / 1e6,
-                            "pretrain_epochs": loaded.meta.get("epoch"), "pretrain_steps": loaded.meta.get("global_step")}
+                            "pretrain_epochs": loaded.meta.get("epoch"), "pretrain_steps": loaded.meta.get("global_step"),
+                            "pred_shape": (loaded.meta.get("config") or {}).get("mask", {}).get("pred_shape")}
     files = {"knn": out / "eval" / "knn.json", "linear": out / "eval" / "linear.json",
              "finetune": out / "finetune" / "finetune.json", "cluster": out / "eval" / "cluster.json",
              "semisup": out / "eval" / "semisup.json"}
@@ -184,9 +185,10 @@ def _knn_top1(knn: dict[str, Any]) -> tuple[float, str]:
 def format_table(results: dict[str, Any]) -> str:
     """The official README's model table (Markdown), '\\' where a stage was not run."""
     model = results.get("model", {})
-    cols = ["Arch.", "Par.", "PS", "k-NN", "Lin.", "Fin."]
+    cols = ["Arch.", "Par.", "PS", "Ep.", "k-NN", "Lin.", "Fin."]
     row = [model.get("arch", "\\"), f"{model['params_m']:.1f}M" if model else "\\",
-           f"{model['pretrain_epochs']} ep" if model.get("pretrain_epochs") is not None else "\\",
+           str(model.get("pred_shape") or "\\").capitalize(),
+           f"{model['pretrain_epochs']}" if model.get("pretrain_epochs") is not None else "\\",
            f"{_knn_top1(results['knn'])[0]:.1f}%" if "knn" in results else "\\",
            f"{results['linear']['top1']:.1f}%" if "linear" in results else "\\",
            f"{results['finetune']['top1']:.1f}%" if "finetune" in results else "\\"]

@@ -68,12 +68,12 @@ def test_cycle_chains_stages_and_reports(tiny_run, tmp_path, monkeypatch, capsys
 
 
 def test_table_and_curves(tmp_path):
-    results = {"model": {"arch": "ViT-S/16", "params_m": 21.7, "pretrain_epochs": 800},
+    results = {"model": {"arch": "ViT-S/16", "params_m": 21.7, "pretrain_epochs": 800, "pred_shape": "block"},
                "knn": {"results": {"10": {"top1": 74.0}, "20": {"top1": 75.2}}, "top1": 75.2, "best_k": 20},
                "linear": {"top1": 77.9}}
     table = cycle.format_table(results).splitlines()
-    assert table[0].split("|")[1:-1] == [" Arch.    ", " Par.  ", " PS     ", " k-NN  ", " Lin.  ", " Fin. "]
-    assert [c.strip() for c in table[2].split("|")[1:-1]] == ["ViT-S/16", "21.7M", "800 ep", "75.2%", "77.9%", "\\"]
+    assert [c.strip() for c in table[0].split("|")[1:-1]] == ["Arch.", "Par.", "PS", "Ep.", "k-NN", "Lin.", "Fin."]
+    assert [c.strip() for c in table[2].split("|")[1:-1]] == ["ViT-S/16", "21.7M", "Block", "800", "75.2%", "77.9%", "\\"]
     (tmp_path / "pretrain").mkdir()
     steps = [{"type": "step", "global_step": i, "loss": 9.0 - i, "cls": 6.0, "patch": 3.0 - i} for i in (1, 2)]
     (tmp_path / "pretrain" / "log.jsonl").write_text("\n".join(json.dumps(s) for s in steps) + "\n")
