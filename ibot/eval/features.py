@@ -16,12 +16,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ibot.data.datasets import CorruptImageError
+from ibot.data.datasets import collate_skip_corrupt, safe_getitem
 
 
 class EvalDataset(Dataset):
-    """``(transform(image), label)`` pairs; an unreadable image gives ``None`` (dropped and counted
-    by :func:`collate_skip_none`)."""
+    """``((transform(image), label), None)`` pairs, or ``(None, path)`` for an unreadable image
+    (dropped and counted by :func:`ibot.data.datasets.collate_skip_corrupt`)."""
 
     def __init__(self, base: Dataset, transform: Callable) -> None:
         self.base = base
@@ -31,19 +31,20 @@ class EvalDataset(Dataset):
         return len(self.base)
 
     def __getitem__(self, index: int):
-        try:
-            image, label = self.base[index]
-        except CorruptImageError as exc:
-            return None, str(exc)
+        item, skipped = safe_getitem(self.base, index)
+        if item is None:
+            return None, skipped
+        image, label = item
         return (self.transform(image), label), None
 
 
-def collate_skip_none(items):
-    good = [item for item, _ in items if item is not None]
-    skipped = [why for item, why in items if item is None]
-    images = torch.stack([img for img, _ in good]) if good else torch.empty(0)
-    labels = torch.tensor([label for _, label in good], dtype=torch.long)
-    return images, labels, skipped
+def collate_skip_none(items) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``(images, labels, skipped paths)`` of an :class:`EvalDataset` batch; empty tensors when
+    every image was unreadable."""
+    batch, skipped = collate_skip_corrupt(items)
+    if batch is None:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    return batch[0], batch[1], skipped
 
 
 @torch.no_grad()
@@ -57,7 +58,7 @@ def extract_features(forward: Callable[[torch.Tensor], torch.Tensor] | nn.Module
     features, labels, skipped = [], [], []
     for images, targets, why in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         skipped.extend(why)
-        if len(images) == 0:
+        if len(images) == 0:  # every image of this batch was unreadable
             continue
         features.append(forward(images.to(device, non_blocking=True)).float().cpu())
         labels.append(targets)
