@@ -113,3 +113,13 @@ def test_a_head_that_is_not_shared_is_not_loaded_as_shared(tmp_path, fixtures_di
     with pytest.raises(ValueError, match="not shared"):
         load_head(tmp_path / "unshared.pth", **HEAD)
     assert load_head(tmp_path / "unshared.pth", **{**HEAD, "shared_head": False}).last_layer2 is not None
+
+
+def test_top_level_load_backbone_with_the_issue_signature(fixtures_dir):
+    import ibot
+
+    reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
+    backbone = ibot.load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", patch_size=16, depth=3)
+    with torch.no_grad():
+        tokens = backbone(reference["x224"], return_all_tokens=True)
+    torch.testing.assert_close(tokens, reference["tokens224"], rtol=0, atol=1e-5)
