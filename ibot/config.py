@@ -141,6 +141,11 @@ def backbone_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
     return kwargs
 
 
+def mask_stride(cfg: PretrainConfig) -> int:
+    """Pixels per mask cell: the patch size for ViT, the last stage's stride (8 patches) for Swin."""
+    return cfg.model.patch_size * (8 if cfg.model.arch.startswith("swin") else 1)
+
+
 # --------------------------------------------------------------------------------------------
 # Presets. Sources: the official README commands and OFFICIAL_NOTES (recipes table); the totals
 # of the official runs are noted so that a user on fewer devices can keep them.
@@ -367,12 +372,13 @@ def config_from_dict(tree: dict[str, Any]) -> PretrainConfig:
 
 def validate(cfg: PretrainConfig) -> None:
     """One-line errors for settings that cannot work, naming the option."""
-    stride = 32 if cfg.model.arch.startswith("swin") else cfg.model.patch_size
+    stride = mask_stride(cfg)
+    unit = "Swin stage stride" if cfg.model.arch.startswith("swin") else "patch size"
     for name in ("global_crops_size", "local_crops_size"):
         size = getattr(cfg.data, name)
         if size % stride:
-            raise ValueError(f"data.{name}={size} is not divisible by the {'Swin stage stride' if stride == 32 else 'patch size'} "
-                             f"{stride}; pick a multiple of {stride}")
+            raise ValueError(f"data.{name}={size} is not divisible by the {unit} {stride}; "
+                             f"pick a multiple of {stride}")
     if cfg.data.global_crops_number < 1:
         raise ValueError("data.global_crops_number must be at least 1")
     if cfg.mask.pred_shape not in ("block", "rand"):

@@ -12,17 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ibot.config import PretrainConfig
+from ibot.config import PretrainConfig, mask_stride
 from ibot.data.masking import PRED_SHAPES, MaskGenerator
 from ibot.visualize.grid import Cell, GridLayout, grid_figure, save_png
 from ibot.visualize.images import display_scale, to_uint8, upscale
 
 MASK_COLOR = (40, 110, 220)  # masked patches are painted this colour (never produced by a grey image)
-
-
-def mask_stride(cfg: PretrainConfig) -> int:
-    """Pixels per mask cell: the patch size for ViT, the last stage's stride (8 patches) for Swin."""
-    return cfg.model.patch_size * (8 if cfg.model.arch.startswith("swin") else 1)
 
 
 @dataclass
