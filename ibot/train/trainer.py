@@ -194,7 +194,6 @@ class Pretrainer:
             if missing:
                 raise ValueError(f"{path} has no {' or '.join(sorted(missing))} network; resuming needs a full "
                                  f"training checkpoint (checkpoint.pth), not a backbone-only file")
-            meta.setdefault("step_in_epoch", 0)
         self.student.load_state_dict(ckpt.strip_prefix("student.", tensors))
         self.teacher.load_state_dict(ckpt.strip_prefix("teacher.", tensors))
         self.ibot_loss.center.copy_(tensors["loss.center"])
