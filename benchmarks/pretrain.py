@@ -1,7 +1,7 @@
 """Steady-state pre-training throughput, data/compute split and peak memory, ours beside the
 official implementation.
 
-Settings: ``cpu`` (the ``cpu`` preset: 4-block ViT, patch 4, 28 + 12 px crops, batch 64) and
+Settings: ``cpu`` (the ``cpu`` preset: 4-block ViT, patch 7, 28 + 14 px crops, batch 64) and
 ``vit_small`` (the official ViT-S/16 recipe: 2 x 224 global + 10 x 96 local crops, block masks,
 out_dim 8192) at a small batch (``--vit-batch``, 4 by default on CPU).
 

@@ -85,8 +85,8 @@ def load_exportable(checkpoint: str | Path, kind: str = "features", key: str = "
                     patch_size: int | None = None) -> Exportable:
     """The ``key`` backbone of a pre-training checkpoint (ours or official: ``arch`` needed) for
     ``kind="features"``, or the model of a fine-tuning checkpoint for ``kind="classifier"``."""
-    from ibot.eval.checkpoints import is_our_checkpoint, load_backbone
-    from ibot.train.checkpoint import load_checkpoint
+    from ibot.eval.checkpoints import load_backbone
+    from ibot.train.checkpoint import is_our_checkpoint, load_checkpoint
 
     path = Path(checkpoint)
     if kind not in KINDS:

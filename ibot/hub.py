@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ibot.models import IBOTHead, build_backbone
+from ibot.train.checkpoint import is_our_checkpoint
 
 State = dict[str, torch.Tensor]
 
@@ -40,7 +41,7 @@ def load_official_checkpoint(path: str | Path, key: str = "teacher") -> tuple[St
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
+    if is_our_checkpoint(path):
         try:
             state = load_file(str(path))
         except SafetensorError as exc:

@@ -100,7 +100,7 @@ def test_unknown_preset(command, capsys):
 
 def test_crop_size_not_divisible_by_the_patch_size(capsys):
     line = one_line_error(["pretrain", "--print-config", "data.global_crops_size=30"], capsys)
-    assert "data.global_crops_size=30 is not divisible by the patch size 4; pick a multiple of 4" in line
+    assert "data.global_crops_size=30 is not divisible by the patch size 7; pick a multiple of 7" in line
 
 
 # --- out of memory -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 import pytest
 
-from ibot.config import PRESETS, config_from_dict, get_preset, resolve_config
+from ibot.config import PRESETS, augmentation_kwargs, config_from_dict, get_preset, resolve_config
 
 
 def test_official_vit_small_recipe():
@@ -68,3 +68,14 @@ def test_unknown_preset_suggests():
 def test_missing_yaml_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         resolve_config("cpu", tmp_path / "nope.yaml")
+
+
+def test_augmentation_kwargs_carry_the_data_section():
+    from ibot.data.transforms import MultiCropAugmentation
+
+    assert get_preset("vit_small_16").data.blur_sigma == (0.1, 2.0)  # official radius range
+    cfg = resolve_config("cpu", overrides=["data.blur_sigma=[0.05, 0.3]", "data.local_crops_number=3"])
+    augmentation = MultiCropAugmentation(**augmentation_kwargs(cfg.data))
+    assert augmentation.local_transform.transforms[4].sigma == (0.05, 0.3)
+    assert (augmentation.global_crops_size, augmentation.local_crops_number) == (cfg.data.global_crops_size, 3)
+    assert MultiCropAugmentation(**augmentation_kwargs(cfg.data, local_crops_number=0)).local_crops_number == 0

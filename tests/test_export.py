@@ -19,7 +19,7 @@ from ibot.train.checkpoint import prefixed, save_checkpoint
 
 TINY = ["model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.out_dim=64", "model.patch_out_dim=64",
         "model.head_hidden_dim=32", "model.head_bottleneck_dim=16", "data.global_crops_size=16",
-        "data.local_crops_size=8"]
+        "data.local_crops_size=8", "model.patch_size=4"]
 
 
 def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:

@@ -2,7 +2,7 @@
 
 Per crop (official ``DataAugmentationiBOT``): RandomResizedCrop (bicubic), horizontal flip
 (p 0.5), ColorJitter(0.4, 0.4, 0.2, 0.1) (p 0.8), grayscale (p 0.2), Gaussian blur with radius
-U[0.1, 2] px, ImageNet normalisation. Blur probability: 1.0 for global crop 1, 0.1 for the other
+U[0.1, 2] px (``blur_sigma``; scale it with the crop size for small images), ImageNet normalisation. Blur probability: 1.0 for global crop 1, 0.1 for the other
 global crops (which are also solarised with p 0.2, threshold 128), 0.5 for local crops.
 
 Speed: every op runs on the small cropped PIL image and the conversion to float comes last. On
@@ -65,6 +65,7 @@ def _crop_transform(
     size: int,
     scale: tuple[float, float],
     blur_p: float,
+    blur_sigma: tuple[float, float],
     solarize_p: float,
     mean: Sequence[float],
     std: Sequence[float],
@@ -76,7 +77,7 @@ def _crop_transform(
             [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
         ),
         v2.RandomGrayscale(p=0.2),
-        RandomGaussianBlur(p=blur_p),
+        RandomGaussianBlur(p=blur_p, sigma=blur_sigma),
     ]
     if solarize_p > 0:
         ops.append(v2.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=solarize_p))
@@ -103,6 +104,7 @@ class MultiCropAugmentation:
         local_crops_scale: Sequence[float] = (0.05, 0.25),
         global_crops_number: int = 2,
         local_crops_number: int = 10,
+        blur_sigma: Sequence[float] = BLUR_SIGMA,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
@@ -114,20 +116,25 @@ class MultiCropAugmentation:
             raise ValueError(f"global_crops_number must be >= 1, got {global_crops_number}")
         if local_crops_number < 0:
             raise ValueError(f"local_crops_number must be >= 0, got {local_crops_number}")
+        if len(blur_sigma) != 2 or not 0 < blur_sigma[0] <= blur_sigma[1]:
+            raise ValueError(f"blur_sigma must be (min, max) with 0 < min <= max, got {blur_sigma}")
+        sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
         global_scale = _check_scale(global_crops_scale, "global_crops_scale")
         local_scale = _check_scale(local_crops_scale, "local_crops_scale")
         self.global_crops_size = global_crops_size
         self.local_crops_size = local_crops_size
         self.global_crops_number = global_crops_number
         self.local_crops_number = local_crops_number
-        # (size, scale, blur p, solarisation p, mean, std)
+        # (size, scale, blur p, blur sigma, solarisation p, mean, std)
         self.global_transform1 = _crop_transform(
-            global_crops_size, global_scale, 1.0, 0.0, mean, std
+            global_crops_size, global_scale, 1.0, sigma, 0.0, mean, std
         )
         self.global_transform2 = _crop_transform(
-            global_crops_size, global_scale, 0.1, 0.2, mean, std
+            global_crops_size, global_scale, 0.1, sigma, 0.2, mean, std
         )
-        self.local_transform = _crop_transform(local_crops_size, local_scale, 0.5, 0.0, mean, std)
+        self.local_transform = _crop_transform(
+            local_crops_size, local_scale, 0.5, sigma, 0.0, mean, std
+        )
 
     def __call__(self, image: Image.Image) -> list[Tensor]:
         crops = [self.global_transform1(image)]

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ibot.train.checkpoint import is_our_checkpoint
+
 KEYS = ("teacher", "student")
 OFFICIAL_IMAGE_SIZE = 224
 _ARCH_NAMES = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
@@ -58,10 +60,6 @@ class LoadedBackbone:
         stat = os.stat(self.path)
         return {"checkpoint": str(self.path.resolve()), "mtime_ns": stat.st_mtime_ns, "size": stat.st_size,
                 "key": self.key}
-
-
-def is_our_checkpoint(path: str | Path) -> bool:
-    return Path(path).suffix == ".safetensors"
 
 
 def backbone_kwargs_from_config(config: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:

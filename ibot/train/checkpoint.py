@@ -22,6 +22,11 @@ FORMAT = "ibot-checkpoint"
 VERSION = 1
 
 
+def is_our_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` names a file in our format (``.safetensors``) rather than an official ``.pth``."""
+    return Path(path).suffix == ".safetensors"
+
+
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write ``tensors`` and ``meta`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)

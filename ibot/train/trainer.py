@@ -18,7 +18,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ibot.config import PretrainConfig, backbone_kwargs
+from ibot.config import PretrainConfig, augmentation_kwargs, backbone_kwargs
 from ibot.data.datasets import build_dataset
 from ibot.data.masking import MaskGenerator
 from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretrain
@@ -121,10 +121,7 @@ class Pretrainer:
     # ------------------------------------------------------------------------------ set-up
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
-        augmentation = MultiCropAugmentation(
-            global_crops_size=d.global_crops_size, local_crops_size=d.local_crops_size,
-            global_crops_scale=tuple(d.global_crops_scale), local_crops_scale=tuple(d.local_crops_scale),
-            global_crops_number=d.global_crops_number, local_crops_number=d.local_crops_number)
+        augmentation = MultiCropAugmentation(**augmentation_kwargs(d))
         masks = MaskGenerator(cfg.mask.pred_ratio, cfg.mask.pred_ratio_var, tuple(cfg.mask.pred_aspect_ratio),
                               cfg.mask.pred_shape, cfg.mask.pred_start_epoch)
         base = build_dataset(d.data, split="train")
@@ -184,7 +181,7 @@ class Pretrainer:
         """Restore a run from one of our checkpoints (exactly), from a file written by ``ibot
         convert``, or from an official full ``checkpoint.pth`` (weights, loss centres and epoch;
         AdamW moments start afresh since the official ones follow another parameter order)."""
-        if Path(path).suffix == ".safetensors":
+        if ckpt.is_our_checkpoint(path):
             tensors, meta = ckpt.load_checkpoint(path)
         else:
             from ibot.convert import official_to_ours

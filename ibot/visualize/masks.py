@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ibot.config import PretrainConfig, mask_stride
+from ibot.config import PretrainConfig, augmentation_kwargs, mask_stride
 from ibot.data.masking import PRED_SHAPES, MaskGenerator
 from ibot.visualize.grid import Cell, GridLayout, grid_figure, save_png
 from ibot.visualize.images import display_scale, to_uint8, upscale
@@ -47,10 +47,7 @@ def sample_masks(cfg: PretrainConfig, num_images: int = 4, epoch: int | None = N
         raise ValueError(f"--epoch must be >= 0, got {epoch}")
     base = build_dataset(d.data, split="train")
     indices = np.random.default_rng(seed).choice(len(base), size=min(num_images, len(base)), replace=False)
-    augmentation = MultiCropAugmentation(
-        global_crops_size=d.global_crops_size, local_crops_size=d.local_crops_size,
-        global_crops_scale=tuple(d.global_crops_scale), local_crops_scale=tuple(d.local_crops_scale),
-        global_crops_number=d.global_crops_number, local_crops_number=0)
+    augmentation = MultiCropAugmentation(**augmentation_kwargs(d, local_crops_number=0))
     stride = mask_stride(cfg)
     shapes = [m.pred_shape, *(s for s in PRED_SHAPES if s != m.pred_shape)]
     crops: list[np.ndarray] = []

@@ -82,6 +82,18 @@ def test_global_crops_follow_the_official_recipe(image):
     jitter = first["RandomApply"]
     assert jitter.p == 0.8 and jitter.transforms[0].hue == (-0.1, 0.1)
     assert local["RandomResizedCrop"].scale == (0.05, 0.25)
+    assert first["RandomGaussianBlur"].sigma == local["RandomGaussianBlur"].sigma == (0.1, 2.0)
+
+
+def test_blur_sigma_reaches_every_crop_and_changes_the_output(image):
+    small = _small(blur_sigma=(0.01, 0.02))
+    assert {ops.transforms[4].sigma for ops in (small.global_transform1, small.global_transform2,
+                                                 small.local_transform)} == {(0.01, 0.02)}
+    torch.manual_seed(0)
+    barely = small(image)[0]  # crop 1 is always blurred: with sigma <= 0.02 it stays sharp
+    torch.manual_seed(0)
+    official = _small()(image)[0]
+    assert barely.std() > official.std()
 
 
 def test_blur_is_pillows_blur_with_radius_sigma(image):
@@ -103,6 +115,8 @@ def test_bad_arguments():
         MultiCropAugmentation(global_crops_scale=(0.5, 0.2))
     with pytest.raises(ValueError, match="global_crops_number"):
         MultiCropAugmentation(global_crops_number=0)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        MultiCropAugmentation(blur_sigma=(0.0, 1.0))
     with pytest.raises(ValueError, match="crop_pct"):
         eval_transform(224, crop_pct=1.5)
 

@@ -57,7 +57,8 @@ def tiny_checkpoint(path: Path, preset: str = "cpu", **model: int) -> Path:
     ``model`` overrides ``model.*`` sizes (ViT default: depth 1, width 16, 2 heads)."""
     cfg = get_preset(preset)
     swin = cfg.model.arch.startswith("swin")
-    for key, value in {**({} if swin else {"depth": 1, "embed_dim": 16, "num_heads": 2}), **model}.items():
+    vit = {"depth": 1, "embed_dim": 16, "num_heads": 2, "patch_size": 4}
+    for key, value in {**({} if swin else vit), **model}.items():
         setattr(cfg.model, key, value)
     if swin:  # small crops keep the Swin quick
         cfg.data.global_crops_size, cfg.data.local_crops_size = 64, 32

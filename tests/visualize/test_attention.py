@@ -82,7 +82,7 @@ def test_swin_is_refused_in_one_line():
 
 
 def test_command_writes_one_grid_per_image_of_any_size_and_mode(tmp_path, capsys):
-    ckpt = tiny_checkpoint(tmp_path / "ckpt.safetensors")  # cpu preset: patch 4, 28-px crops, 2 heads
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.safetensors")  # cpu preset made tiny: patch 4, 28-px crops, 2 heads
     images = [noise_image(tmp_path / "a.png", (50, 30), "L"), noise_image(tmp_path / "b.png", (28, 28), "RGBA")]
     out = tmp_path / "out"
     assert main(["visualize", "attention", *map(str, images), "-c", str(ckpt), "--output-dir", str(out)]) == 0

@@ -9,7 +9,8 @@ from ibot.cli import main
 from ibot.config import resolve_config
 from ibot.visualize.masks import MASK_COLOR, mask_stride, paint_masks, sample_masks, save_mask_grid
 
-RATIOS = ["mask.pred_ratio=0.3", "mask.pred_ratio_var=0.1"]  # every crop masked at U(0.2, 0.4)
+# every crop masked at U(0.2, 0.4), on a 7 x 7 grid (patch 4 on the 28-px crops)
+RATIOS = ["mask.pred_ratio=0.3", "mask.pred_ratio_var=0.1", "model.patch_size=4", "data.local_crops_size=12"]
 
 
 def test_masks_follow_the_configured_ratio_and_shapes():
