@@ -95,6 +95,10 @@ class IBOTHead(nn.Module):
             return self.last_layer(x)
         return self.last_layer(x[:, 0]), self.last_layer2(x[:, 1:])
 
+    def forward_patch(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (..., D) -> (..., patch_out_dim), without a [CLS] row."""
+        return self.last_layer2(F.normalize(self.mlp(x), dim=-1, p=2))
+
 
 def _build_norm(norm: str, dim: int) -> nn.Module:
     if norm == "ln":

@@ -14,12 +14,19 @@ class MultiCropWrapper(nn.Module):
     Global crops give all tokens, so the head returns [CLS] and patch outputs; local crops (a
     different resolution, never masked) contribute only their [CLS], as in the official code.
     State-dict keys are ``backbone.*`` and ``head.*``, like the official teacher's.
+
+    ``masked_patches_only`` (the student's setting in training): when masks are given, the head
+    runs on the [CLS] and the masked patch tokens only and the other rows of the patch output are
+    zeros. The loss reads student patch outputs at masked positions only, so this is exact, and it
+    skips most of the head's work (with the official ratios about 85% of the patch tokens are
+    unmasked); the official code projects every token. The teacher needs all of them (centring).
     """
 
-    def __init__(self, backbone: nn.Module, head: IBOTHead) -> None:
+    def __init__(self, backbone: nn.Module, head: IBOTHead, masked_patches_only: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.masked_patches_only = masked_patches_only
 
     def forward(
         self,
@@ -30,7 +37,13 @@ class MultiCropWrapper(nn.Module):
         """(G*B, 3, H, W), masks (G*B, h, w), (L*B, 3, h', w') ->
         (cls (G*B, K), patch (G*B, N, K2), local_cls (L*B, K) or None)."""
         tokens = self.backbone(global_crops, mask=masks, return_all_tokens=True)  # (G*B, 1 + N, D)
-        cls, patch = self.head(tokens)
+        if self.masked_patches_only and masks is not None:
+            cls = self.head(tokens[:, 0])
+            flat = masks.flatten(1)  # (G*B, N), True = masked
+            picked = self.head.forward_patch(tokens[:, 1:][flat])  # (M, D) -> (M, K2)
+            patch = picked.new_zeros(*flat.shape, picked.shape[-1]).index_put((flat,), picked)
+        else:
+            cls, patch = self.head(tokens)
         local_cls = None
         if local_crops is not None:
             local_cls = self.head(self.backbone(local_crops))  # (L*B, D) -> (L*B, K)

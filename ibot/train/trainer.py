@@ -71,7 +71,7 @@ def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiC
     head = dict(out_dim=m.out_dim, patch_out_dim=m.patch_out_dim, hidden_dim=m.head_hidden_dim,
                 bottleneck_dim=m.head_bottleneck_dim, nlayers=m.head_nlayers)
     student = MultiCropWrapper(student_bb, IBOTHead(student_bb.embed_dim, norm_last_layer=m.norm_last_layer,
-                                                    shared_head=m.shared_head, **head))
+                                                    shared_head=m.shared_head, **head), masked_patches_only=True)
     teacher = MultiCropWrapper(teacher_bb, IBOTHead(teacher_bb.embed_dim, shared_head=m.shared_head_teacher, **head))
     missing, unexpected = teacher.load_state_dict(student.state_dict(), strict=False)
     if missing or [k for k in unexpected if "masked_embed" not in k]:

@@ -51,3 +51,34 @@ def test_official_teacher_state_dict_loads_as_is(fixtures_dir):
     model = MultiCropWrapper(vit_tiny(depth=3), IBOTHead(192, 512, hidden_dim=256, bottleneck_dim=64, shared_head=True))
     model.load_state_dict(state, strict=True)
     assert set(model.state_dict()) == set(state)
+
+
+def test_masked_patches_only_is_exact_for_the_loss_and_skips_unmasked_tokens():
+    torch.manual_seed(0)
+    full = student().train()
+    full.backbone.masked_embed.data.normal_()
+    sparse = student().train()
+    sparse.load_state_dict(full.state_dict())
+    sparse.masked_patches_only = True
+    global_crops, masks = torch.randn(4, 3, 32, 32), torch.rand(4, 4, 4) > 0.6
+    masks[0] = False  # an unmasked crop, as the official ratios give half the time
+    rows = []
+    sparse.head.mlp.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    outputs = []
+    for model in (full, sparse):
+        cls, patch, _ = model(global_crops, masks)
+        # what the loss does with the student's patch outputs: read them at masked positions only
+        loss = cls.square().sum() + (patch.log_softmax(-1).sum(-1) * masks.flatten(1)).sum()
+        loss.backward()
+        outputs.append((cls, patch, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (cls_a, patch_a, grads_a), (cls_b, patch_b, grads_b) = outputs
+    flat = masks.flatten(1)
+    torch.testing.assert_close(cls_a, cls_b)
+    torch.testing.assert_close(patch_a[flat], patch_b[flat])
+    assert not patch_b[~flat].any()  # unmasked rows are zeros: never projected
+    assert grads_a.keys() == grads_b.keys() and "head.mlp.0.weight" in grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+    assert rows == [4, int(flat.sum())]  # the MLP saw the [CLS] rows and the masked tokens only
+    sparse.eval()
+    torch.testing.assert_close(sparse(global_crops)[1], full.eval()(global_crops)[1])  # no masks: all tokens
