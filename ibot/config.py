@@ -201,7 +201,7 @@ def _cpu() -> PretrainConfig:
     patches of 7 px per global crop, 2 x 2 per 14-px local crop), the blur radius scaled with the
     crop (224 -> 28 px), every global crop masked (30% +- 20%: the masked-patch loss is what
     learns fastest here), a higher lr and no frozen last layer for the short schedule. Alternatives
-    measured (``benchmarks/README.md``) did no better: patch 4, separate heads, 8 local crops, out_dim
+    measured (``docs/design.md``) did no better: patch 4, separate heads, 8 local crops, out_dim
     64-128, teacher temperature 0.02, momentum 0.996, batch 32 or 128, width 192."""
     cfg = PretrainConfig()
     cfg.model = ModelConfig(

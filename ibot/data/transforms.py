@@ -2,8 +2,9 @@
 
 Per crop (official ``DataAugmentationiBOT``): RandomResizedCrop (bicubic), horizontal flip
 (p 0.5), ColorJitter(0.4, 0.4, 0.2, 0.1) (p 0.8), grayscale (p 0.2), Gaussian blur with radius
-U[0.1, 2] px (``blur_sigma``; scale it with the crop size for small images), ImageNet normalisation. Blur probability: 1.0 for global crop 1, 0.1 for the other
-global crops (which are also solarised with p 0.2, threshold 128), 0.5 for local crops.
+U[0.1, 2] px (``blur_sigma``: scale it with the crop for small images), ImageNet normalisation.
+Blur probability: 1.0 for global crop 1, 0.1 for the other global crops (which are also
+solarised with p 0.2, threshold 128), 0.5 for local crops.
 
 Speed: every op runs on the small cropped PIL image and the conversion to float comes last. On
 a 224 px crop Pillow is faster than torchvision's uint8-tensor kernels (measured, one thread:
