@@ -81,6 +81,7 @@ class LossConfig:
     center_momentum: float = 0.9
     lambda1: float = 1.0  # [CLS] self-distillation
     lambda2: float = 1.0  # masked image modelling
+    centering: str = "mean"  # "mean": the official centre; "sinkhorn": DINOv2's Sinkhorn-Knopp (an option)
 
 
 @dataclass
@@ -396,6 +397,8 @@ def validate(cfg: PretrainConfig) -> None:
                              f"pick a multiple of {stride}")
     if cfg.data.global_crops_number < 1:
         raise ValueError("data.global_crops_number must be at least 1")
+    if cfg.loss.centering not in ("mean", "sinkhorn"):
+        raise ValueError(f"loss.centering must be 'mean' or 'sinkhorn', got '{cfg.loss.centering}'")
     if cfg.mask.pred_shape not in ("block", "rand"):
         raise ValueError(f"mask.pred_shape must be 'block' or 'rand', got '{cfg.mask.pred_shape}'")
     if cfg.run.precision not in ("auto", "fp32", "bf16", "fp16"):

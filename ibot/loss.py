@@ -8,6 +8,9 @@ For teacher global crop ``q`` and student crop ``v`` (Zhou et al., 2022, Eq. 1 a
 
 ``P_s = softmax(student / student_temp)``; ``P_t = softmax((teacher - center) / tau)`` with ``tau``
 warmed up per epoch. Both centres are EMAs of the raw teacher outputs, updated after the loss.
+``centering="sinkhorn"`` (an option, not the official method) replaces the centred softmax by
+DINOv2's Sinkhorn-Knopp normalisation of ``exp(teacher / tau)`` over the batch ([CLS]) and over
+the masked tokens (patches).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["IBOTLoss", "teacher_temp_schedule"]
+__all__ = ["CENTERINGS", "IBOTLoss", "sinkhorn_knopp", "teacher_temp_schedule"]
+
+CENTERINGS = ("mean", "sinkhorn")
 
 
 def teacher_temp_schedule(
@@ -38,6 +43,32 @@ def teacher_temp_schedule(
         np.linspace(warmup_temp, temp, warmup_epochs),
         np.full(nepochs - warmup_epochs - start_epoch, temp),
     ))
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: Tensor, temp: float, iterations: int = 3) -> Tensor:
+    """Teacher targets (R, K) whose rows sum to 1 and whose columns share the mass equally across
+    the rows of every process: ``exp(logits / temp)`` alternately normalised over prototypes and
+    over rows (DINOv2's ``sinkhorn_knopp_teacher``; sums are all-reduced under DDP)."""
+    distributed = dist.is_available() and dist.is_initialized()
+
+    def reduce(t: Tensor, op=None) -> Tensor:
+        if distributed:
+            dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+        return t
+
+    scaled = logits.float() / temp
+    # the global maximum (-inf on a rank without rows, e.g. no masked token in its batch)
+    peak = reduce(torch.cat([scaled.flatten(), scaled.new_full((1,), -torch.inf)]).max().reshape(1),
+                  dist.ReduceOp.MAX if distributed else None)
+    q = torch.exp(scaled - peak)  # the same factor on every rank: the result does not change
+    rows = reduce(torch.tensor([float(q.shape[0])], device=q.device))
+    k = q.shape[1]
+    q = q / reduce(q.sum().reshape(1)).clamp_min(torch.finfo(q.dtype).tiny)
+    for _ in range(iterations):
+        q = q / (reduce(q.sum(dim=0, keepdim=True)).clamp_min(torch.finfo(q.dtype).tiny) * k)
+        q = q / (q.sum(dim=1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny) * rows)
+    return q * rows
 
 
 class IBOTLoss(nn.Module):
@@ -69,8 +100,12 @@ class IBOTLoss(nn.Module):
         lambda1: float = 1.0,
         lambda2: float = 1.0,
         mim_start_epoch: int = 0,
+        centering: str = "mean",
     ) -> None:
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {', '.join(CENTERINGS)}, got {centering!r}")
+        self.centering = centering
         if ngcrops < 1 or nlcrops < 0 or ngcrops + nlcrops < 2:
             raise ValueError(
                 f"IBOTLoss needs ngcrops >= 1, nlcrops >= 0 and at least 2 crops in all, "
@@ -128,8 +163,13 @@ class IBOTLoss(nn.Module):
         # teacher centring and sharpening, detached
         temp = float(self.teacher_temp_schedule[epoch])
         temp2 = float(self.teacher_temp2_schedule[epoch])
-        teacher_cls_p = F.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
-        teacher_patch_p = F.softmax((teacher_patch - self.center2) / temp2, dim=-1).detach()
+        if self.centering == "sinkhorn":
+            teacher_cls_p = sinkhorn_knopp(teacher_cls, temp)
+            teacher_patch_p = torch.zeros_like(teacher_patch)  # unmasked tokens are never read
+            teacher_patch_p[mask] = sinkhorn_knopp(teacher_patch[mask], temp2)
+        else:
+            teacher_cls_p = F.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
+            teacher_patch_p = F.softmax((teacher_patch - self.center2) / temp2, dim=-1).detach()
         student_cls_lp = F.log_softmax(student_cls / self.student_temp, dim=-1)
         student_patch_lp = F.log_softmax(student_patch / self.student_temp, dim=-1)
 

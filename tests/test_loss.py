@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ibot.loss import IBOTLoss
+from ibot.loss import IBOTLoss, sinkhorn_knopp
 
 
 def official_fixture(name: str) -> Path:
@@ -233,3 +233,33 @@ def test_bad_inputs_raise():
         make_loss(warmup_teacher_temp_epochs=8, mim_start_epoch=4)
     with pytest.raises(ValueError, match="ngcrops"):
         make_loss(ngcrops=1, nlcrops=0)
+
+
+def test_sinkhorn_knopp_rows_are_distributions_and_columns_balance():
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(24, 6, generator=gen)
+    q = sinkhorn_knopp(logits, temp=0.5)
+    torch.testing.assert_close(q.sum(1), torch.ones(24))
+    balanced = sinkhorn_knopp(logits, temp=0.5, iterations=200)
+    torch.testing.assert_close(balanced.sum(0), torch.full((6,), 24 / 6), rtol=1e-3, atol=1e-3)
+    softmax = F.softmax(logits / 0.5, dim=-1)
+    assert softmax.sum(0).std() > 10 * balanced.sum(0).std()  # plain softmax does not balance
+    # a constant added to every logit changes nothing; identical rows give uniform targets
+    torch.testing.assert_close(sinkhorn_knopp(logits + 3.0, temp=0.5), q)
+    torch.testing.assert_close(sinkhorn_knopp(torch.ones(4, 5), 0.04), torch.full((4, 5), 0.2))
+    assert sinkhorn_knopp(torch.zeros(0, 5), 0.04).shape == (0, 5)
+
+
+def test_sinkhorn_centering_targets_only_masked_patches():
+    gen = torch.Generator().manual_seed(8)
+    student, (t_cls, t_patch), local, masks = random_inputs(gen)
+    mask = torch.cat(masks).flatten(1)
+    loss = make_loss(centering="sinkhorn")
+    out = loss(student, (t_cls, t_patch), local, masks, 0)
+    changed = t_patch + 5.0 * torch.randn(t_patch.shape, generator=gen) * (~mask)[..., None]
+    again = make_loss(centering="sinkhorn")(student, (t_cls, changed), local, masks, 0)
+    assert again["patch"].item() == pytest.approx(out["patch"].item(), rel=1e-6)
+    mean = make_loss()(student, (t_cls, t_patch), local, masks, 0)
+    assert out["cls"].item() != pytest.approx(mean["cls"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="centering"):
+        make_loss(centering="median")

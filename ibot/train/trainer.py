@@ -148,7 +148,7 @@ class Pretrainer:
             cfg.loss.teacher_patch_temp, cfg.loss.warmup_teacher_temp_epochs, o.epochs,
             student_temp=cfg.loss.student_temp, center_momentum=cfg.loss.center_momentum,
             center_momentum2=cfg.loss.center_momentum, lambda1=cfg.loss.lambda1, lambda2=cfg.loss.lambda2,
-            mim_start_epoch=cfg.mask.pred_start_epoch).to(self.device)
+            mim_start_epoch=cfg.mask.pred_start_epoch, centering=cfg.loss.centering).to(self.device)
         self.optimizer = build_optimizer(self.student, fused=o.fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         base_lr = o.lr * self.global_batch / 256.0  # linear scaling rule

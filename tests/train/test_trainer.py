@@ -103,13 +103,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str, data: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str, data: str, *extra: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from ibot.train.distributed import cleanup
 
-    cfg = tiny_config(f"{out_dir}/ddp", data, "optim.batch_size_per_device=4", "optim.epochs=1")
+    cfg = tiny_config(f"{out_dir}/ddp", data, "optim.batch_size_per_device=4", "optim.epochs=1", *extra)
     trainer = Pretrainer(cfg)
     records = trainer.fit()
     torch.save({"losses": step_losses(records), "teacher": trainer.teacher.state_dict(),
@@ -118,12 +118,15 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, data: str) -> No
 
 
 @pytest.mark.distributed
-def test_two_process_gloo_equals_one_process(tmp_path, image_folder):
-    """2 processes x batch 4 on gloo == 1 process x batch 8 (same global batches), within 1e-5."""
+@pytest.mark.parametrize("centering", ["mean", "sinkhorn"])
+def test_two_process_gloo_equals_one_process(tmp_path, image_folder, centering):
+    """2 processes x batch 4 on gloo == 1 process x batch 8 (same global batches), within 1e-5
+    (with Sinkhorn-Knopp, every normalisation runs over both processes' rows)."""
+    extra = (f"loss.centering={centering}", "mask.pred_ratio=0.4", "mask.pred_ratio_var=0.1")
     single = Pretrainer(tiny_config(tmp_path / "single", image_folder, "optim.batch_size_per_device=8",
-                                    "optim.epochs=1"))
+                                    "optim.epochs=1", *extra))
     single_losses = step_losses(single.fit())
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), str(image_folder)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), str(image_folder), *extra), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert len(ranks[0]["losses"]) == len(single_losses) == 2
     for step, want in enumerate(single_losses):
