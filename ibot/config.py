@@ -203,7 +203,7 @@ def _cpu() -> PretrainConfig:
     crop (224 -> 28 px), every global crop masked (30% +- 20%: the masked-patch loss is what
     learns fastest here), a higher lr and no frozen last layer for the short schedule. Alternatives
     measured (``docs/design.md``) did no better: patch 4, separate heads, 8 local crops, out_dim
-    64-128, teacher temperature 0.02, momentum 0.996, batch 32 or 128, width 192."""
+    64-128, teacher temperature 0.02, momentum 0.996, batch 32 or 128, width 192, Sinkhorn-Knopp."""
     cfg = PretrainConfig()
     cfg.model = ModelConfig(
         arch="vit_tiny", patch_size=7, depth=4, embed_dim=128, num_heads=4, drop_path_rate=0.0,
