@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ibot.data.transforms import default_crop_pct
 from ibot.infer import META_PREFIX, Preprocess
 
-__all__ = ["KINDS", "OPSET", "Exportable", "compare_with_onnx", "default_crop_pct", "export_checkpoint",
+__all__ = ["KINDS", "OPSET", "Exportable", "compare_with_onnx", "export_checkpoint",
            "export_onnx", "load_exportable"]
 
 KINDS = ("features", "classifier")
@@ -44,12 +45,6 @@ class Exportable:
     class_names: list[str] | None = None
     crop_pct: float | None = None  # the evaluation crop recorded with a fine-tuned model
     source: dict[str, Any] = field(default_factory=dict)
-
-
-def default_crop_pct(image_size: int) -> float:
-    """As :func:`ibot.eval.features.evaluation_transform`: the official 0.875 (resize 256, crop 224),
-    no crop for images under 64 px (Fashion-MNIST), whose pre-training crops covered them whole."""
-    return 0.875 if image_size >= 64 else 1.0
 
 
 def _load_classifier(path: Path) -> Exportable:

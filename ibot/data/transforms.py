@@ -30,6 +30,7 @@ __all__ = [
     "IMAGENET_STD",
     "MultiCropAugmentation",
     "RandomGaussianBlur",
+    "default_crop_pct",
     "eval_transform",
 ]
 
@@ -149,6 +150,13 @@ class MultiCropAugmentation:
             f"{self.global_crops_size}px, local {self.local_crops_number} x "
             f"{self.local_crops_size}px)"
         )
+
+
+def default_crop_pct(image_size: int) -> float:
+    """The evaluation crop for a network trained on ``image_size`` crops: the official 0.875
+    (resize 256, crop 224), and no crop under 64 px (e.g. Fashion-MNIST's 28 px), whose
+    pre-training crops covered the images whole."""
+    return 0.875 if image_size >= 64 else 1.0
 
 
 def eval_transform(

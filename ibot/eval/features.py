@@ -119,12 +119,9 @@ def split_features(forward: Callable[[torch.Tensor], torch.Tensor] | nn.Module, 
 
 
 def evaluation_transform(image_size: int, crop_pct: float | None = None) -> Callable:
-    """The evaluation transform for a network trained on ``image_size`` crops: the official resize
-    to ``image_size / 0.875`` and center crop for ImageNet-size images; images under 64 px (e.g.
-    Fashion-MNIST's 28 px) are resized to ``image_size`` and not cropped, as their pre-training
-    crops covered them whole."""
-    from ibot.data.transforms import eval_transform
+    """The evaluation transform for a network trained on ``image_size`` crops: resize to
+    ``image_size / crop_pct`` and center-crop, ``crop_pct`` by default from
+    :func:`ibot.data.transforms.default_crop_pct` (0.875, or 1 under 64 px)."""
+    from ibot.data.transforms import default_crop_pct, eval_transform
 
-    if crop_pct is None:
-        crop_pct = 0.875 if image_size >= 64 else 1.0
-    return eval_transform(image_size, crop_pct=crop_pct)
+    return eval_transform(image_size, crop_pct=default_crop_pct(image_size) if crop_pct is None else crop_pct)
