@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ibot.config import PretrainConfig, config_from_dict, set_option
+from ibot.train.checkpoint import is_our_checkpoint, save_checkpoint, strip_prefix
 
 __all__ = ["OFFICIAL_ARGS", "convert_checkpoint", "official_config", "official_to_ours"]
 
@@ -58,7 +59,7 @@ def _json_safe(value: Any) -> Any:
 def _split_network(state: dict[str, torch.Tensor], name: str, path: Path) -> dict[str, torch.Tensor]:
     """``[module.]backbone.*`` / ``[module.]head.*`` of one official network -> ``name.backbone.*``..."""
     if state and all(k.startswith("module.") for k in state):  # saved from a DDP model
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = strip_prefix("module.", state)
     stray = sorted(k for k in state if not k.startswith(("backbone.", "head.")))
     if stray:
         raise ValueError(f"{path}: '{name}' has keys outside backbone./head.: {stray[:10]}")
@@ -102,10 +103,6 @@ def official_to_ours(path: str | Path, key: str = "teacher") -> tuple[dict[str, 
     return tensors, meta
 
 
-def _network_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
 def _is_shared(head: dict[str, torch.Tensor]) -> bool:
     """The last layer is tied (``shared_head``) when ``last_layer2`` repeats ``last_layer``."""
     return all(f"last_layer2.{n}" in head and torch.equal(head[f"last_layer.{n}"], head[f"last_layer2.{n}"])
@@ -134,7 +131,7 @@ def official_config(tensors: dict[str, torch.Tensor], args: dict[str, Any], arch
     for option, value in explicit.items():
         if value is not None:
             set_option(cfg, option, value)
-    backbone = next((s for s in (_network_state(tensors, f"{n}.backbone.") for n in NETWORKS) if s), {})
+    backbone = next((s for s in (strip_prefix(f"{n}.backbone.", tensors) for n in NETWORKS) if s), {})
     if patch_size is None:  # the weights know it; the official args say 16 even for Swin (patch 4)
         if "patch_embed.proj.weight" in backbone:
             cfg.model.patch_size = int(backbone["patch_embed.proj.weight"].shape[-1])
@@ -144,7 +141,7 @@ def official_config(tensors: dict[str, torch.Tensor], args: dict[str, Any], arch
         side = math.isqrt(backbone["pos_embed"].shape[1] - 1)  # (1, 1 + side**2, D)
         cfg.model.img_size = cfg.data.global_crops_size = side * cfg.model.patch_size
     for name in NETWORKS:
-        head = _network_state(tensors, f"{name}.head.")
+        head = strip_prefix(f"{name}.head.", tensors)
         if not head:
             continue
         kwargs = infer_head_kwargs(head)
@@ -164,7 +161,7 @@ def _check_network(tensors: dict[str, torch.Tensor], name: str, cfg: PretrainCon
 
     arch, patch_size, kwargs = backbone_kwargs_from_config(cfg.to_dict())
     parts: list[tuple[str, nn.Module]] = []
-    backbone_state = _network_state(tensors, f"{name}.backbone.")
+    backbone_state = strip_prefix(f"{name}.backbone.", tensors)
     backbone = build_backbone(arch, patch_size=patch_size, masked_im_modeling="masked_embed" in backbone_state, **kwargs)
     parts.append(("backbone", backbone))
     if any(k.startswith(f"{name}.head.") for k in tensors):
@@ -174,7 +171,7 @@ def _check_network(tensors: dict[str, torch.Tensor], name: str, cfg: PretrainCon
                                        hidden_dim=m.head_hidden_dim, bottleneck_dim=m.head_bottleneck_dim,
                                        shared_head=shared)))
     for part, module in parts:
-        state = _network_state(tensors, f"{name}.{part}.")
+        state = strip_prefix(f"{name}.{part}.", tensors)
         missing = sorted(set(module.state_dict()) - set(state))
         unexpected = sorted(set(state) - set(module.state_dict()))
         if missing or unexpected:
@@ -191,12 +188,10 @@ def _check_network(tensors: dict[str, torch.Tensor], name: str, cfg: PretrainCon
 def convert_checkpoint(src: str | Path, dst: str | Path, arch: str | None = None, patch_size: int | None = None,
                        key: str = "teacher", window_size: int | None = None, **sizes: int | None) -> tuple[Path, dict[str, Any]]:
     """Write the official checkpoint ``src`` as our ``dst`` (.safetensors); returns it and its metadata."""
-    from ibot.train.checkpoint import save_checkpoint
-
     src, dst = Path(src), Path(dst)
-    if dst.suffix != ".safetensors":
+    if not is_our_checkpoint(dst):
         raise ValueError(f"output {dst} must end in .safetensors (our checkpoint format)")
-    if src.suffix == ".safetensors":
+    if is_our_checkpoint(src):
         raise ValueError(f"{src} is already a .safetensors file; convert reads official .pth checkpoints")
     tensors, info = official_to_ours(src, key)
     cfg = official_config(tensors, info["args"], arch, patch_size, window_size, **sizes)

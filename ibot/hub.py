@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ibot.models import IBOTHead, build_backbone
-from ibot.train.checkpoint import is_our_checkpoint
+from ibot.train.checkpoint import is_our_checkpoint, strip_prefix
 
 State = dict[str, torch.Tensor]
 
@@ -46,10 +46,10 @@ def load_official_checkpoint(path: str | Path, key: str = "teacher") -> tuple[St
             state = load_file(str(path))
         except SafetensorError as exc:
             raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
-        backbone = _strip(state, f"{key}.backbone.")
+        backbone = strip_prefix(f"{key}.backbone.", state)
         if not backbone:
             raise ValueError(f"{path} has no '{key}.backbone.*' tensors")
-        return backbone, _strip(state, f"{key}.head.")
+        return backbone, strip_prefix(f"{key}.head.", state)
 
     checkpoint = safe_torch_load(path)
     if not isinstance(checkpoint, dict):
@@ -64,13 +64,13 @@ def load_official_checkpoint(path: str | Path, key: str = "teacher") -> tuple[St
         raise ValueError(f"{path} has no '{key}' or 'state_dict' entry (entries: {', '.join(map(str, checkpoint))})")
     if not isinstance(state, dict):
         raise ValueError(f"{path}: entry '{key}' is a {type(state).__name__}, not a state dict")
-    state = _strip(state, "module.") if all(k.startswith("module.") for k in state) else dict(state)
+    state = strip_prefix("module.", state) if all(k.startswith("module.") for k in state) else dict(state)
     if not any(k.startswith(("backbone.", "head.")) for k in state):
         return state, {}
     # keys outside backbone./head. stay in the backbone state, so the strict load names them
     backbone = {k: v for k, v in state.items() if not k.startswith(("backbone.", "head."))}
-    backbone.update(_strip(state, "backbone."))
-    return backbone, _strip(state, "head.")
+    backbone.update(strip_prefix("backbone.", state))
+    return backbone, strip_prefix("head.", state)
 
 
 def load_backbone(path: str | Path, arch: str = "vit_small", patch_size: int | None = None,
@@ -127,10 +127,6 @@ def safe_torch_load(path: Path) -> object:
     except (RuntimeError, KeyError, EOFError) as exc:  # not a zip archive, truncated, not a pickle
         reason = f"{type(exc).__name__}: {str(exc).split('. ')[0]}"
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
-
-
-def _strip(state: State, prefix: str) -> State:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _load_strict(module: nn.Module, state: State, path: Path | str, optional: tuple[str, ...] = ()) -> None:
