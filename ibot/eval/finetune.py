@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ibot.eval.features import EvalDataset, collate_skip_none
 from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
+from ibot.eval.metrics import topk_hits
 
 
 class FinetuneModel(nn.Module):
@@ -100,9 +101,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict
             continue
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
-        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels.view(-1, 1))
-        hits1 += int(ranked[:, 0].sum())
-        hits5 += int(ranked.any(dim=1).sum())
+        batch1, batch5 = topk_hits(logits, labels)
+        hits1 += int(batch1)
+        hits5 += int(batch5)
         loss += float(F.cross_entropy(logits, labels, reduction="sum"))
         total += len(labels)
     if total == 0:

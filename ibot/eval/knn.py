@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ibot.eval.metrics import topk_hits
+
 
 @torch.no_grad()
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
@@ -31,14 +33,13 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         top_sims, top_idx = sims.topk(ks[-1], dim=1)  # sorted, so any k is a prefix
         top_labels = train_labels[top_idx]  # (m, kmax)
         weights = (top_sims / temperature).exp()
-        targets = test_labels[start:start + chunk_size].view(-1, 1)
+        targets = test_labels[start:start + chunk_size]
         for k in ks:
             votes = torch.zeros(len(targets), num_classes)
             votes.scatter_add_(1, top_labels[:, :k], weights[:, :k])  # (m, C)
-            ranked = votes.topk(min(5, num_classes), dim=1).indices
-            hits = ranked.eq(targets)
-            correct[k][0] += hits[:, 0].sum()
-            correct[k][1] += hits.any(dim=1).sum()
+            hits1, hits5 = topk_hits(votes, targets)
+            correct[k][0] += hits1
+            correct[k][1] += hits5
     return {k: {"top1": 100.0 * float(c[0]) / len(test), "top5": 100.0 * float(c[1]) / len(test)}
             for k, c in correct.items()}
 

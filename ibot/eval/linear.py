@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ibot.eval.metrics import topk_hits
+
 # learning rates of the sweep, for a batch of 256 (scaled linearly with the batch, as officially)
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
@@ -77,14 +79,11 @@ def _accuracies(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: to
     """Top-1 and top-5 accuracy (percent) of every head: two (H,) tensors."""
     hits1 = torch.zeros(weight.shape[0], device=weight.device)
     hits5 = torch.zeros_like(hits1)
-    k = min(5, weight.shape[-1])
     for start in range(0, len(x), chunk):
-        xb, yb = x[start:start + chunk], y[start:start + chunk]
-        logits = torch.einsum("bd,hdc->hbc", xb, weight) + bias  # (H, b, C)
-        ranked = logits.topk(k, dim=-1).indices  # (H, b, k)
-        hits = ranked.eq(yb.view(1, -1, 1))
-        hits1 += hits[..., 0].sum(dim=1)
-        hits5 += hits.any(dim=-1).sum(dim=1)
+        logits = torch.einsum("bd,hdc->hbc", x[start:start + chunk], weight) + bias  # (H, b, C)
+        batch1, batch5 = topk_hits(logits, y[start:start + chunk])  # (H,) each
+        hits1 += batch1
+        hits5 += batch5
     return 100.0 * hits1 / len(x), 100.0 * hits5 / len(x)
 
 
