@@ -34,9 +34,12 @@ def contingency(labels: np.ndarray, clusters: np.ndarray) -> np.ndarray:
 
 def hungarian_accuracy(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor) -> float:
     """Accuracy (percent) under the best one-to-one assignment of clusters to classes."""
+    return _matched_accuracy(contingency(np.asarray(labels), np.asarray(clusters)))
+
+
+def _matched_accuracy(table: np.ndarray) -> float:
     from scipy.optimize import linear_sum_assignment
 
-    table = contingency(np.asarray(labels), np.asarray(clusters))
     rows, cols = linear_sum_assignment(table, maximize=True)
     return 100.0 * table[rows, cols].sum() / table.sum()
 
@@ -51,7 +54,7 @@ def cluster_scores(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | tor
     table = contingency(labels, clusters)
     return {"nmi": 100.0 * normalized_mutual_info_score(labels, clusters),
             "ari": 100.0 * adjusted_rand_score(labels, clusters),
-            "acc": hungarian_accuracy(labels, clusters),
+            "acc": _matched_accuracy(table),
             "purity": 100.0 * table.max(axis=1).sum() / table.sum(),
             "num_clusters": int(table.shape[0])}
 

@@ -84,19 +84,19 @@ class FeatureCache:
                         dataset: EvalDataset, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Cached ``(features, labels, skipped)`` for ``parts``, else :func:`extract_features`."""
         path = self.path(parts)
+        stored = json.loads(json.dumps(parts, default=str))  # as the file holds it
         if path is not None and path.is_file():
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
             except Exception:  # an unreadable cache file is extracted again and replaced
                 saved = {}
-            if saved.get("parts") == json.loads(json.dumps(parts, default=str)):
+            if saved.get("parts") == stored:
                 return saved["features"], saved["labels"], saved["skipped"]
         features, labels, skipped = extract_features(forward, dataset, **kwargs)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"features": features, "labels": labels, "skipped": skipped,
-                        "parts": json.loads(json.dumps(parts, default=str))}, tmp)
+            torch.save({"features": features, "labels": labels, "skipped": skipped, "parts": stored}, tmp)
             os.replace(tmp, path)  # never half a cache file
         return features, labels, skipped
 

@@ -117,7 +117,7 @@ def train_linear_sweep(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
 
     best1 = torch.full((heads,), -1.0)
     best5, best_epoch = torch.zeros(heads), torch.zeros(heads, dtype=torch.long)
-    best_weight, best_bias = weight.detach().clone(), bias.detach().clone()  # each head at its best epoch
+    best_weight, best_bias = weight.detach().clone(), bias.detach().clone()  # the leading head at its best epoch
     for epoch in tqdm(range(epochs), desc="linear sweep", unit="epoch", disable=not progress, leave=False):
         lr = base_lrs * 0.5 * (1 + math.cos(math.pi * epoch / epochs))  # (H,)
         order = torch.randperm(len(train_x), generator=generator).to(device)
@@ -138,8 +138,8 @@ def train_linear_sweep(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
         best1 = torch.where(improved, top1, best1)
         best5 = torch.where(improved, top5, best5)
         best_epoch = torch.where(improved, torch.full_like(best_epoch, epoch), best_epoch)
-        if improved[best1.argmax()]:
-            best_weight, best_bias = weight.detach().clone(), bias.detach().clone()  # each head at its best epoch
+        if improved[best1.argmax()]:  # the leader changed or improved: keep the weights of this epoch
+            best_weight, best_bias = weight.detach().clone(), bias.detach().clone()
     final1 = top1
     h = int(best1.argmax())
     return {
