@@ -14,6 +14,7 @@ import argparse
 import importlib
 import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -29,6 +30,17 @@ def command(name: str, help_text: str):
         return wrap
 
     return register
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> str | None:
+    """``--resume``: ``auto`` is OUTPUT_DIR/checkpoint.safetensors when it exists (else a fresh
+    start); any other value must name an existing file."""
+    if resume == "auto":
+        candidate = Path(output_dir) / "checkpoint.safetensors"
+        return str(candidate) if candidate.exists() else None
+    if resume and not Path(resume).is_file():
+        raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
+    return resume
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

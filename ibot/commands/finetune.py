@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ibot.commands import _eval_args as common
-from ibot.commands import command
+from ibot.commands import command, resolve_resume
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,11 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir is None:
         args.output_dir = str(Path(args.checkpoint).resolve().parent / "finetune")
     out = Path(args.output_dir)
-    resume = args.resume
-    if resume == "auto":
-        resume = str(out / "checkpoint.safetensors") if (out / "checkpoint.safetensors").exists() else None
-    elif resume and not Path(resume).is_file():
-        raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
+    resume = resolve_resume(args.resume, out)
     if args.epochs < 1 or args.batch_size < 2:
         raise ValueError("--epochs must be at least 1 and --batch-size at least 2")
     loaded = common.load_model(args, drop_path_rate=args.drop_path)

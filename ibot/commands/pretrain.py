@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ibot.commands import command
+from ibot.commands import command, resolve_resume
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,12 +64,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ibot.train.trainer import Pretrainer
 
-    resume = args.resume
-    if resume == "auto":
-        candidate = Path(cfg.run.output_dir) / "checkpoint.safetensors"
-        resume = str(candidate) if candidate.exists() else None
-    elif resume and not Path(resume).is_file():
-        raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
+    resume = resolve_resume(args.resume, cfg.run.output_dir)
     trainer = Pretrainer(cfg)
     trainer.fit(resume=resume)
     if cfg.run.knn_eval and trainer.dist.is_main and cfg.run.max_steps == 0:

@@ -67,17 +67,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     """The backbone on its device, and the image size to use."""
-    from ibot.commands._eval_args import device, load_model
+    from ibot.commands._eval_args import device, image_size, load_model
 
     try:
         loaded = load_model(args)
     except ValueError as exc:
         raise ValueError(f"{exc}; use one of our .safetensors pre-training checkpoints, or an official .pth "
                          "file with its --arch (and --patch-size)") from None
-    size = args.image_size or loaded.image_size
-    if size < 1:
-        raise ValueError(f"--image-size must be positive, got {size}")
-    return loaded, loaded.backbone.to(device(args)), size
+    return loaded, loaded.backbone.to(device(args)), image_size(args, loaded)
 
 
 def _attention(args: argparse.Namespace) -> int:
