@@ -127,9 +127,14 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
 
 
+def pretrain_checkpoint(args: argparse.Namespace) -> Path:
+    """The checkpoint the evaluation stages read: ``--checkpoint``, else the pretrain stage's."""
+    return Path(args.checkpoint) if args.checkpoint else Path(args.output_dir) / "pretrain" / "checkpoint.safetensors"
+
+
 def run_stages(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
     out = Path(args.output_dir)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else out / "pretrain" / "checkpoint.safetensors"
+    checkpoint = pretrain_checkpoint(args)
     if args.stage_list[0] != "pretrain" and not checkpoint.is_file():
         print(f"run.sh: no checkpoint at {checkpoint}: run the pretrain stage first or give --checkpoint",
               file=sys.stderr)
@@ -160,7 +165,7 @@ def collect_results(args: argparse.Namespace, timings: dict[str, float]) -> dict
     from ibot.eval.checkpoints import load_backbone
 
     out = Path(args.output_dir)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else out / "pretrain" / "checkpoint.safetensors"
+    checkpoint = pretrain_checkpoint(args)
     results: dict[str, Any] = {"preset": args.preset, "data": args.data, "stages": args.stage_list,
                                "checkpoint": str(checkpoint), "seconds": timings}
     if checkpoint.is_file():
@@ -219,14 +224,13 @@ def plot_curves(output_dir: Path, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def records(log: Path, kind: str | None = None) -> list[dict[str, Any]]:
-        if not log.is_file():
-            return []
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        return [r for r in rows if kind is None or r.get("type") == kind]
+    from ibot.visualize.curves import read_log
 
-    pretrain = records(output_dir / "pretrain" / "log.jsonl", "step")
-    finetune = records(output_dir / "finetune" / "log.jsonl")
+    pretrain_log, finetune_log = output_dir / "pretrain" / "log.jsonl", output_dir / "finetune" / "log.jsonl"
+    # read_log keeps the last record of a step repeated by a resumed run
+    pretrain = read_log(pretrain_log).steps if pretrain_log.is_file() else []
+    finetune = [json.loads(line) for line in finetune_log.read_text().splitlines() if line.strip()] \
+        if finetune_log.is_file() else []
     if not pretrain and not finetune:
         return None
     panels = [p for p in (pretrain, finetune) if p]
