@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ibot.config import resolve_config  # noqa: E402
+from ibot.config import backbone_kwargs, resolve_config  # noqa: E402
 from ibot.data.datasets import build_dataset  # noqa: E402
 from ibot.eval.checkpoints import LoadedBackbone, load_backbone, load_head, random_backbone  # noqa: E402
 from ibot.eval.cluster import cluster_scores, kmeans_clusters, prototype_assigner  # noqa: E402
@@ -173,7 +173,7 @@ def main() -> int:
                                  "kmeans": protocols.kmeans(raw[2], raw[3])}
 
     m = cfg.model
-    sizes = {k: v for k, v in (("embed_dim", m.embed_dim), ("depth", m.depth), ("num_heads", m.num_heads)) if v}
+    sizes = {k: v for k, v in backbone_kwargs(cfg).items() if k not in ("patch_size", "img_size")}
     with clock(times, "random_init"):
         random_net = random_backbone(m.arch, m.patch_size, cfg.data.global_crops_size, seed=args.seed, **sizes)
         results["random_init"] = protocols.network(random_net, "random-init")

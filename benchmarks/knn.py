@@ -22,6 +22,7 @@ import _common
 import torch
 from torch.utils.data import Subset
 
+from ibot.config import backbone_kwargs, get_preset
 from ibot.data.datasets import build_dataset
 from ibot.eval.features import EvalDataset, evaluation_transform, extract_features
 from ibot.eval.knn import knn_classify
@@ -29,7 +30,8 @@ from ibot.models import build_backbone
 
 MODELS = {  # name -> (build_backbone arguments, image size)
     "vit_small": (dict(arch="vit_small", patch_size=16), 224),
-    "cpu": (dict(arch="vit_tiny", patch_size=4, embed_dim=128, depth=4, num_heads=4, img_size=28), 28),
+    "cpu": (dict(arch=get_preset("cpu").model.arch, **backbone_kwargs(get_preset("cpu"))),
+            get_preset("cpu").data.global_crops_size),
 }
 
 
