@@ -73,10 +73,10 @@ def official_to_ours(path: str | Path, key: str = "teacher") -> tuple[dict[str, 
     file gives ``{key}.backbone.*``. The file is opened with ``weights_only=True`` (:mod:`ibot.hub`).
     """
     from ibot import hub
+    from ibot.eval.checkpoints import check_key
 
     path = Path(path)
-    if key not in NETWORKS:
-        raise ValueError(f"--key must be one of {', '.join(NETWORKS)}, got {key!r}")
+    check_key(key)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     checkpoint = hub.safe_torch_load(path)

@@ -26,6 +26,12 @@ _ARCH_NAMES = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", 
                "swin_tiny": "Swin-T"}
 
 
+def check_key(key: str) -> None:
+    """One-line error unless ``key`` names a network of a pre-training checkpoint."""
+    if key not in KEYS:
+        raise ValueError(f"--key must be one of {', '.join(KEYS)}, got {key!r}")
+
+
 @dataclass
 class LoadedBackbone:
     """A backbone in eval mode plus what an evaluation needs to know about it."""
@@ -80,8 +86,7 @@ def load_backbone(path: str | Path, key: str = "teacher", arch: str | None = Non
     ``build_backbone`` (e.g. ``drop_path_rate`` for fine-tuning).
     """
     path = Path(path)
-    if key not in KEYS:
-        raise ValueError(f"--key must be one of {', '.join(KEYS)}, got {key!r}")
+    check_key(key)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if is_our_checkpoint(path):
@@ -156,8 +161,7 @@ def load_head(path: str | Path, key: str = "teacher") -> nn.Module:
     """The ``key`` pre-training head (``IBOTHead``) of our checkpoint or an official full one."""
     from ibot import hub
 
-    if key not in KEYS:
-        raise ValueError(f"--key must be one of {', '.join(KEYS)}, got {key!r}")
+    check_key(key)
     _, state = hub.load_official_checkpoint(path, key)
     if not state:
         raise ValueError(f"{path} holds no '{key}' head (a backbone-only file?); prototype clustering needs "
