@@ -55,6 +55,9 @@ class DataConfig:
     local_crops_scale: tuple[float, float] = (0.05, 0.25)
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # Gaussian blur std in pixels of the crop
     num_workers: int = 8
+    # colour jitter, grayscale, blur and solarisation batched on the training device; the workers
+    # only decode, crop and flip (ibot.data.batched_color)
+    batched_color: bool = False
 
 
 @dataclass
@@ -82,6 +85,7 @@ class LossConfig:
     lambda1: float = 1.0  # [CLS] self-distillation
     lambda2: float = 1.0  # masked image modelling
     centering: str = "mean"  # "mean": the official centre; "sinkhorn": DINOv2's Sinkhorn-Knopp (an option)
+    koleo_weight: float = 0.0  # DINOv2's KoLeo on the student backbone's global [CLS] (an option; 0.1 there)
 
 
 @dataclass
@@ -399,6 +403,10 @@ def validate(cfg: PretrainConfig) -> None:
         raise ValueError("data.global_crops_number must be at least 1")
     if cfg.loss.centering not in ("mean", "sinkhorn"):
         raise ValueError(f"loss.centering must be 'mean' or 'sinkhorn', got '{cfg.loss.centering}'")
+    if cfg.loss.koleo_weight < 0:
+        raise ValueError(f"loss.koleo_weight must be >= 0, got {cfg.loss.koleo_weight}")
+    if cfg.loss.koleo_weight > 0 and cfg.optim.batch_size_per_device < 2:
+        raise ValueError("loss.koleo_weight > 0 needs optim.batch_size_per_device >= 2 (nearest neighbours in the batch)")
     if cfg.mask.pred_shape not in ("block", "rand"):
         raise ValueError(f"mask.pred_shape must be 'block' or 'rand', got '{cfg.mask.pred_shape}'")
     if cfg.run.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CENTERINGS", "IBOTLoss", "sinkhorn_knopp", "teacher_temp_schedule"]
+__all__ = ["CENTERINGS", "IBOTLoss", "koleo_loss", "sinkhorn_knopp", "teacher_temp_schedule"]
 
 CENTERINGS = ("mean", "sinkhorn")
 
@@ -69,6 +69,22 @@ def sinkhorn_knopp(logits: Tensor, temp: float, iterations: int = 3) -> Tensor:
         q = q / (reduce(q.sum(dim=0, keepdim=True)).clamp_min(torch.finfo(q.dtype).tiny) * k)
         q = q / (q.sum(dim=1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny) * rows)
     return q * rows
+
+
+def koleo_loss(features: Tensor, eps: float = 1e-8) -> Tensor:
+    """KoLeo regulariser (Sablayrolles et al., 2019; DINOv2's ``koleo_loss``), an option, not part
+    of iBOT: ``-mean_i log ||x_i - x_nn(i)||`` over the L2-normalised rows ``x`` (R, D), ``nn(i)``
+    the nearest other row. It spreads the rows apart, the Kozachenko-Leonenko entropy estimate."""
+    if features.shape[0] < 2:
+        raise ValueError(f"koleo_loss needs at least 2 rows, got {features.shape[0]}")
+    with torch.autocast(features.device.type, enabled=False):
+        x = F.normalize(features.float(), dim=-1, eps=eps)
+        with torch.no_grad():
+            similarity = x @ x.T
+            similarity.fill_diagonal_(-2.0)  # below any cosine: a row is never its own neighbour
+            nearest = similarity.argmax(dim=1)
+        distance = (x - x[nearest]).norm(dim=-1)
+        return -torch.log(distance + eps).mean()
 
 
 class IBOTLoss(nn.Module):

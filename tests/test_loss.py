@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ibot.loss import IBOTLoss, sinkhorn_knopp
+from ibot.loss import IBOTLoss, koleo_loss, sinkhorn_knopp
 
 
 def official_fixture(name: str) -> Path:
@@ -263,3 +263,21 @@ def test_sinkhorn_centering_targets_only_masked_patches():
     assert out["cls"].item() != pytest.approx(mean["cls"].item(), rel=1e-3)
     with pytest.raises(ValueError, match="centering"):
         make_loss(centering="median")
+
+
+def test_koleo_is_minus_mean_log_nearest_neighbour_distance():
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(7, 5, generator=gen)
+    unit = F.normalize(x, dim=-1)
+    distances = torch.cdist(unit, unit) + torch.diag(torch.full((7,), torch.inf))  # brute force
+    want = -torch.log(distances.min(dim=1).values).mean()
+    torch.testing.assert_close(koleo_loss(3.0 * x), want, rtol=1e-5, atol=1e-6)  # scale-free
+    # spread rows cost less than rows bunched around one direction
+    bunched = torch.randn(1, 5, generator=gen) + 0.01 * torch.randn(7, 5, generator=gen)
+    assert koleo_loss(bunched) > koleo_loss(x) + 2.0
+    # its gradient pushes a row away from its nearest neighbour
+    pair = torch.tensor([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]], requires_grad=True)
+    koleo_loss(pair).backward()
+    assert pair.grad[1, 1] < 0 and pair.grad[1, 0] > -1e-6
+    with pytest.raises(ValueError, match="2 rows"):
+        koleo_loss(torch.randn(1, 5))

@@ -58,6 +58,7 @@ class PretrainSample:
     masks: list[Tensor]  # G x (H // stride, W // stride) bool
     n_skipped: int  # unreadable images passed over to reach this one
     skipped_example: str | None
+    color_params: list[Tensor] | None = None  # (G + L) x (NUM_PARAMS,) with batched colour (uint8 crops)
 
 
 @dataclass
@@ -69,15 +70,16 @@ class PretrainBatch:
     masks: Tensor  # (G * B, H // stride, W // stride) bool, True = masked
     n_skipped: int = 0
     skipped_example: str | None = None
+    # batched colour: the crops are uint8 and these rows (crop-major) hold their colour parameters
+    global_params: Tensor | None = None  # (G * B, NUM_PARAMS)
+    local_params: Tensor | None = None  # (L * B, NUM_PARAMS)
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> PretrainBatch:
-        return PretrainBatch(
-            fn(self.global_crops),
-            None if self.local_crops is None else fn(self.local_crops),
-            fn(self.masks),
-            self.n_skipped,
-            self.skipped_example,
-        )
+        def maybe(t: Tensor | None) -> Tensor | None:
+            return None if t is None else fn(t)
+
+        return PretrainBatch(fn(self.global_crops), maybe(self.local_crops), fn(self.masks), self.n_skipped,
+                             self.skipped_example, maybe(self.global_params), maybe(self.local_params))
 
     def pin_memory(self) -> PretrainBatch:
         """Called by ``DataLoader(pin_memory=True)``."""
@@ -142,12 +144,15 @@ class PretrainDataset(Dataset):
                 crops = self.augmentation(image)
             finally:
                 random.setstate(python_state)
+        color_params = None
+        if crops and isinstance(crops[0], tuple):  # batched colour: (uint8 crop, parameters)
+            crops, color_params = (list(t) for t in zip(*crops))
         global_crops, local_crops = crops[: self.num_global], crops[self.num_global :]
         masks = []
         for crop in global_crops:
             grid = (crop.shape[-2] // self.mask_stride, crop.shape[-1] // self.mask_stride)
             masks.append(torch.from_numpy(self.mask_generator(grid, epoch, mask_rng)))
-        return PretrainSample(global_crops, local_crops, masks, n_skipped, example)
+        return PretrainSample(global_crops, local_crops, masks, n_skipped, example, color_params)
 
 
 def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
@@ -156,19 +161,22 @@ def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
         raise ValueError("cannot collate an empty batch")
     num_global, num_local = len(items[0].global_crops), len(items[0].local_crops)
     # G x B crops of (3, H, W) -> (G * B, 3, H, W), crop c of every image, then crop c + 1
-    global_crops = torch.stack([s.global_crops[c] for c in range(num_global) for s in items])
-    masks = torch.stack([s.masks[c] for c in range(num_global) for s in items])
-    local_crops = None
-    if num_local:
-        local_crops = torch.stack([s.local_crops[c] for c in range(num_local) for s in items])
+
+    def crop_major(per_sample: Callable[[PretrainSample], list[Tensor]], crops: range) -> Tensor:
+        # C x B tensors of one shape -> (C * B, ...): crop c of every image, then crop c + 1
+        return torch.stack([per_sample(s)[c] for c in crops for s in items])
+
+    global_crops = crop_major(lambda s: s.global_crops, range(num_global))
+    masks = crop_major(lambda s: s.masks, range(num_global))
+    local_crops = crop_major(lambda s: s.local_crops, range(num_local)) if num_local else None
+    global_params = local_params = None
+    if items[0].color_params is not None:
+        global_params = crop_major(lambda s: s.color_params, range(num_global))
+        if num_local:
+            local_params = crop_major(lambda s: s.color_params, range(num_global, num_global + num_local))
     examples = [s.skipped_example for s in items if s.skipped_example]
-    return PretrainBatch(
-        global_crops,
-        local_crops,
-        masks,
-        sum(s.n_skipped for s in items),
-        examples[0] if examples else None,
-    )
+    return PretrainBatch(global_crops, local_crops, masks, sum(s.n_skipped for s in items),
+                         examples[0] if examples else None, global_params, local_params)
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):

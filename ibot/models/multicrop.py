@@ -33,9 +33,11 @@ class MultiCropWrapper(nn.Module):
         global_crops: torch.Tensor,
         masks: torch.Tensor | None = None,
         local_crops: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return_backbone_cls: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """(G*B, 3, H, W), masks (G*B, h, w), (L*B, 3, h', w') ->
-        (cls (G*B, K), patch (G*B, N, K2), local_cls (L*B, K) or None)."""
+        (cls (G*B, K), patch (G*B, N, K2), local_cls (L*B, K) or None), followed by the backbone's
+        [CLS] of the global crops (G*B, D) when ``return_backbone_cls`` (for a KoLeo term)."""
         tokens = self.backbone(global_crops, mask=masks, return_all_tokens=True)  # (G*B, 1 + N, D)
         if self.masked_patches_only and masks is not None:
             cls = self.head(tokens[:, 0])
@@ -47,4 +49,6 @@ class MultiCropWrapper(nn.Module):
         local_cls = None
         if local_crops is not None:
             local_cls = self.head(self.backbone(local_crops))  # (L*B, D) -> (L*B, K)
+        if return_backbone_cls:
+            return cls, patch, local_cls, tokens[:, 0]
         return cls, patch, local_cls

@@ -19,11 +19,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ibot.config import PretrainConfig, augmentation_kwargs, backbone_kwargs
+from ibot.data.batched_color import apply_color
 from ibot.data.datasets import build_dataset
 from ibot.data.masking import MaskGenerator
 from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretrain
 from ibot.data.transforms import MultiCropAugmentation
-from ibot.loss import IBOTLoss
+from ibot.loss import IBOTLoss, koleo_loss
 from ibot.models import IBOTHead, MultiCropWrapper, build_backbone
 from ibot.train import checkpoint as ckpt
 from ibot.train.distributed import DistInfo, barrier, init_distributed
@@ -121,7 +122,7 @@ class Pretrainer:
     # ------------------------------------------------------------------------------ set-up
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
-        augmentation = MultiCropAugmentation(**augmentation_kwargs(d))
+        augmentation = MultiCropAugmentation(**augmentation_kwargs(d), batched_color=d.batched_color)
         masks = MaskGenerator(cfg.mask.pred_ratio, cfg.mask.pred_ratio_var, tuple(cfg.mask.pred_aspect_ratio),
                               cfg.mask.pred_shape, cfg.mask.pred_start_epoch)
         base = build_dataset(d.data, split="train")
@@ -220,15 +221,26 @@ class Pretrainer:
         global_crops = batch.global_crops.to(self.device, non_blocking=True)
         masks = batch.masks.to(self.device, non_blocking=True)
         local_crops = batch.local_crops.to(self.device, non_blocking=True) if batch.local_crops is not None else None
+        if batch.global_params is not None:  # uint8 crops: the colour half of the augmentation, batched here
+            mean, std = self.dataset.augmentation.mean, self.dataset.augmentation.std
+            global_crops = apply_color(global_crops, batch.global_params, mean, std)
+            if local_crops is not None:
+                local_crops = apply_color(local_crops, batch.local_params, mean, std)
 
         with self._autocast():
             with torch.no_grad():
                 teacher_cls, teacher_patch, _ = self.teacher_step(global_crops)
-            student_cls, student_patch, student_local_cls = self.student_step(global_crops, masks, local_crops)
+            koleo_weight = self.cfg.loss.koleo_weight
+            student_cls, student_patch, student_local_cls, *backbone_cls = self.student_step(
+                global_crops, masks, local_crops, return_backbone_cls=koleo_weight > 0)
             if student_local_cls is None:
                 student_local_cls = student_cls.new_zeros(0, student_cls.shape[-1])
             losses = self.ibot_loss((student_cls, student_patch), (teacher_cls, teacher_patch),
                                     student_local_cls, masks, epoch)
+            if koleo_weight > 0:  # per global crop, as DINOv2 does
+                chunks = backbone_cls[0].chunk(self.cfg.data.global_crops_number)
+                losses["koleo"] = koleo_weight * sum(koleo_loss(c) for c in chunks)
+                losses["loss"] = losses["loss"] + losses["koleo"]
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()

@@ -7,6 +7,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ibot.data.datasets import CorruptImageError, build_dataset
+from ibot.data.batched_color import NUM_PARAMS
 from ibot.data.masking import MaskGenerator
 from ibot.data.pretrain import (
     EpochBatchSampler,
@@ -102,6 +103,23 @@ def test_collate_is_crop_major():
             assert torch.equal(batch.masks[c * 3 + i], item.masks[c])
     no_local = collate_pretrain([_dataset(local_crops_number=0)[(0, i)] for i in range(2)])
     assert no_local.local_crops is None and no_local.global_crops.shape == (4, 3, 32, 32)
+
+
+def test_batched_colour_samples_carry_their_parameters_crop_major():
+    ds = _dataset(augmentation=MultiCropAugmentation(global_crops_size=32, local_crops_size=16,
+                                                     local_crops_number=2, batched_color=True))
+    items = [ds[(0, i)] for i in (3, 1, 4)]
+    assert _same_sample(ds[(0, 3)], items[0]) and torch.equal(ds[(0, 3)].color_params[3], items[0].color_params[3])
+    batch = collate_pretrain(items)
+    assert batch.global_crops.dtype == batch.local_crops.dtype == torch.uint8
+    assert batch.global_params.shape == (6, NUM_PARAMS) and batch.local_params.shape == (6, NUM_PARAMS)
+    for c in range(2):
+        for i, item in enumerate(items):
+            assert torch.equal(batch.global_params[c * 3 + i], item.color_params[c])
+            assert torch.equal(batch.local_params[c * 3 + i], item.color_params[2 + c])
+    moved = batch.to("cpu")
+    assert torch.equal(moved.local_params, batch.local_params)
+    assert collate_pretrain([_dataset()[(0, 1)]]).global_params is None  # the Pillow path: none
 
 
 def test_corrupt_images_are_replaced_by_the_next_and_counted():

@@ -90,6 +90,37 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, image_folder,
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if t.is_floating_point())
 
 
+def test_koleo_term_is_logged_and_added_to_the_loss(tmp_path, image_folder):
+    plain = step_losses(Pretrainer(tiny_config(tmp_path / "plain", image_folder, "run.max_steps=3")).fit())
+    records = Pretrainer(tiny_config(tmp_path / "koleo", image_folder, "run.max_steps=3",
+                                     "loss.koleo_weight=0.5")).fit()
+    steps = [r for r in records if r["type"] == "step"]
+    assert len(steps) == 3 and all(r["koleo"] != 0 for r in steps)
+    for r in steps:
+        assert r["loss"] == pytest.approx(r["cls"] + r["patch"] + r["koleo"], rel=1e-5)
+    # same first network; the term changes the updates (the first one has lr 0: warm-up from 0)
+    assert steps[0]["cls"] == pytest.approx(plain[0][3], rel=1e-6)
+    assert steps[2]["cls"] != pytest.approx(plain[2][3], rel=1e-6)
+    with pytest.raises(ValueError, match="koleo_weight"):
+        tiny_config(tmp_path, image_folder, "loss.koleo_weight=-1")
+
+
+def test_batched_colour_run_resumes_exactly(tmp_path, image_folder):
+    """With the colour half of the augmentation on the training device, resuming still continues
+    exactly (the parameters are drawn per sample in the workers, like the crops)."""
+    colour = "data.batched_color=true"
+    full = step_losses(Pretrainer(tiny_config(tmp_path / "full", image_folder, colour, "optim.epochs=1")).fit())
+    pillow = step_losses(Pretrainer(tiny_config(tmp_path / "pil", image_folder, "optim.epochs=1")).fit())
+    assert len(full) == 4 and all(torch.isfinite(torch.tensor(s[2:])).all() for s in full)
+    assert full[0][2] != pytest.approx(pillow[0][2], rel=1e-6)  # other pixels than the Pillow path
+    run_dir = tmp_path / "parts"
+    first = Pretrainer(tiny_config(run_dir, image_folder, colour, "optim.epochs=1", "run.max_steps=2")).fit()
+    rest = Pretrainer(tiny_config(run_dir, image_folder, colour, "optim.epochs=1")).fit(
+        resume=run_dir / "checkpoint.safetensors")
+    for got, want in zip(step_losses(first) + step_losses(rest), full, strict=True):
+        assert got[:2] == want[:2] and got[2:] == pytest.approx(want[2:], rel=1e-6, abs=1e-7)
+
+
 def test_corrupt_images_are_skipped_and_counted(tmp_path, image_folder):
     (image_folder / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     records = Pretrainer(tiny_config(tmp_path, image_folder, "optim.epochs=1")).fit()
