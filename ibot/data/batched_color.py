@@ -46,19 +46,20 @@ class ColorParamSampler:
         self.solarize_p = solarize_p
 
     def __call__(self, crop: Tensor) -> tuple[Tensor, Tensor]:
-        params = torch.zeros(NUM_PARAMS)
-        params[BRIGHTNESS:HUE + 1] = torch.tensor([1.0, 1.0, 1.0, 0.0])
-        params[ORDER:ORDER + 4] = torch.arange(4.0)
-        if torch.rand(()) < JITTER_P:
-            params[JITTER] = 1.0
-            params[ORDER:ORDER + 4] = torch.randperm(4).float()
+        # one call to the generator (13 uniforms) instead of one per choice: a worker draws 12 sets
+        # per image. The order of the jitter operations is the argsort of four uniforms.
+        u = torch.rand(13).tolist()
+        row = [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 2.0, 3.0, 0.0, 0.0, 0.0]
+        if u[0] < JITTER_P:
+            row[JITTER] = 1.0
             for i, (low, high) in enumerate(FACTOR_RANGES):
-                params[BRIGHTNESS + i] = torch.empty(()).uniform_(low, high)
-        params[GRAY] = float(torch.rand(()) < GRAY_P)
-        if torch.rand(()) < self.blur_p:
-            params[SIGMA] = torch.empty(()).uniform_(*self.blur_sigma)
-        params[SOLARIZE] = float(torch.rand(()) < self.solarize_p)
-        return crop, params
+                row[BRIGHTNESS + i] = low + (high - low) * u[1 + i]
+            row[ORDER:ORDER + 4] = [float(i) for i in sorted(range(4), key=lambda i: u[5 + i])]
+        row[GRAY] = float(u[9] < GRAY_P)
+        if u[10] < self.blur_p:
+            row[SIGMA] = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[11]
+        row[SOLARIZE] = float(u[12] < self.solarize_p)
+        return crop, torch.tensor(row)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(blur_p={self.blur_p}, sigma={self.blur_sigma}, solarize_p={self.solarize_p})"
@@ -104,41 +105,45 @@ def _jitter_op(x: Tensor, op: int, factor: Tensor) -> Tensor:
 
 
 def _color_jitter(x: Tensor, params: Tensor) -> Tensor:
-    """The four jitter operations in each crop's own order, on the crops whose jitter is on."""
-    on = params[:, JITTER] > 0
-    if not on.any():
+    """The four jitter operations in each crop's own order, on the crops whose jitter is on.
+    ``params`` stay on the CPU: every selection is decided there, so a GPU batch needs no
+    host-device synchronisation."""
+    rows = (params[:, JITTER] > 0).nonzero().squeeze(1)
+    if rows.numel() == 0:
         return x
-    rows = on.nonzero().squeeze(1)
-    y, p = x[rows], params[rows]
+    p = params[rows]
+    y = x[rows.to(x.device)]
     order = p[:, ORDER:ORDER + 4].long()
     for position in range(4):
         for op in range(4):
             picked = (order[:, position] == op).nonzero().squeeze(1)
             if picked.numel():
-                y[picked] = _jitter_op(y[picked], op, p[picked, BRIGHTNESS + op])
+                at = picked.to(x.device)
+                y[at] = _jitter_op(y[at], op, p[picked, BRIGHTNESS + op].to(x.device, x.dtype))
     out = x.clone()
-    out[rows] = y
+    out[rows.to(x.device)] = y
     return out
 
 
 def _gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
-    """Separable Gaussian blur of each crop with its own ``sigma`` (N,) (0: unchanged), edges
+    """Separable Gaussian blur of each crop with its own ``sigma`` (N,) (CPU; 0: unchanged), edges
     replicated; the kernel reaches 3 sigma of the largest one."""
     rows = (sigma > 0).nonzero().squeeze(1)
     if rows.numel() == 0:
         return x
-    s = sigma[rows]
+    s = sigma[rows].double()
     radius = max(1, math.ceil(3.0 * float(s.max())))
-    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (taps.view(1, -1) / s.view(-1, 1).to(x.dtype)) ** 2)
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (M, 2r + 1)
-    n, c, h, w = x[rows].shape
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (taps.view(1, -1) / s.view(-1, 1)) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(x.device, x.dtype)  # (M, 2r + 1)
+    at = rows.to(x.device)
+    n, c, h, w = len(rows), x.shape[1], x.shape[2], x.shape[3]
     weight = kernel.repeat_interleave(c, dim=0)  # one kernel per channel: (M * C, 2r + 1)
-    y = F.pad(x[rows].reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    y = F.pad(x[at].reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
     y = F.conv2d(y, weight.view(n * c, 1, 1, -1), groups=n * c)
     y = F.conv2d(y, weight.view(n * c, 1, -1, 1), groups=n * c)
     out = x.clone()
-    out[rows] = y.view(n, c, h, w)
+    out[at] = y.view(n, c, h, w)
     return out
 
 
@@ -150,19 +155,21 @@ def apply_color(
 ) -> Tensor:
     """uint8 crops (N, 3, H, W) and their parameter rows (N, NUM_PARAMS) -> normalised float32
     crops: colour jitter (p 0.8, random order), grayscale, Gaussian blur, solarisation, in the
-    order of the official per-crop pipeline."""
+    order of the official per-crop pipeline. ``crops`` may be on any device; keep ``params`` on
+    the CPU (as the data loader gives them) to spare a GPU any synchronisation."""
     if crops.dim() != 4 or crops.shape[1] != 3 or params.shape != (crops.shape[0], NUM_PARAMS):
         raise ValueError(f"apply_color expects crops (N, 3, H, W) and params (N, {NUM_PARAMS}), "
                          f"got {tuple(crops.shape)} and {tuple(params.shape)}")
-    params = params.to(crops.device, torch.float32)
+    params = params.detach().to("cpu", torch.float32)
     x = crops.float() / 255.0 if crops.dtype == torch.uint8 else crops.float()
     x = _color_jitter(x, params)
     gray = params[:, GRAY] > 0
     if gray.any():
-        x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+        x = torch.where(gray.to(x.device).view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
     x = _gaussian_blur(x, params[:, SIGMA])
-    solarise = (params[:, SOLARIZE] > 0).view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD)
-    x = torch.where(solarise, 1.0 - x, x)
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    solarise = params[:, SOLARIZE] > 0
+    if solarise.any():
+        x = torch.where(solarise.to(x.device).view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD), 1.0 - x, x)
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1).to(x.device)
+    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1).to(x.device)
     return (x - m) / s
