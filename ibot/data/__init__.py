@@ -1,5 +1,6 @@
 """Data for pre-training and evaluation: datasets, multi-crop augmentation, masks, batching."""
 
+from ibot.data.batched_color import ColorParamSampler, apply_color
 from ibot.data.datasets import (
     CorruptImageError,
     SkipCorrupt,
@@ -28,6 +29,7 @@ from ibot.data.transforms import (
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ColorParamSampler",
     "CorruptImageError",
     "EpochBatchSampler",
     "FashionMNIST",
@@ -37,6 +39,7 @@ __all__ = [
     "PretrainDataset",
     "PretrainSample",
     "SkipCorrupt",
+    "apply_color",
     "build_dataset",
     "collate_pretrain",
     "collate_skip_corrupt",

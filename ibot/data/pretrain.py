@@ -160,7 +160,6 @@ def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
     if not items:
         raise ValueError("cannot collate an empty batch")
     num_global, num_local = len(items[0].global_crops), len(items[0].local_crops)
-    # G x B crops of (3, H, W) -> (G * B, 3, H, W), crop c of every image, then crop c + 1
 
     def crop_major(per_sample: Callable[[PretrainSample], list[Tensor]], crops: range) -> Tensor:
         # C x B tensors of one shape -> (C * B, ...): crop c of every image, then crop c + 1
