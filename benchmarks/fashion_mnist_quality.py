@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import _common
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +209,7 @@ def main() -> int:
     }
     results["seconds"] = times
     results["command"] = "python benchmarks/fashion_mnist_quality.py " + " ".join(sys.argv[1:])
+    results["machine"] = _common.machine_info()
     results["table"] = table(results)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
