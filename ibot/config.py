@@ -18,6 +18,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 Ratio = Union[float, list[float]]
+CENTERINGS = ("mean", "sinkhorn")  # of the teacher's outputs: the official centre, DINOv2's Sinkhorn-Knopp
 
 
 @dataclass
@@ -256,6 +257,15 @@ PRESETS = {
 }
 
 
+# Overrides that shrink any preset to a 1-block, 32-wide ViT with small heads and two local crops:
+# the smoke-test model of the test suite and of tools/pipeline_check.py (seconds per step on a CPU).
+TINY_MODEL_OVERRIDES: tuple[str, ...] = (
+    "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.out_dim=64", "model.patch_out_dim=64",
+    "model.head_hidden_dim=32", "model.head_bottleneck_dim=16", "data.local_crops_number=2")
+# ... and 16/8-px crops of 4-px patches for it (4 x 4 and 2 x 2 patches).
+TINY_CROP_OVERRIDES: tuple[str, ...] = ("data.global_crops_size=16", "data.local_crops_size=8", "model.patch_size=4")
+
+
 def get_preset(name: str) -> PretrainConfig:
     if name not in PRESETS:
         hint = difflib.get_close_matches(name, PRESETS, n=1)
@@ -404,8 +414,8 @@ def validate(cfg: PretrainConfig) -> None:
                              f"pick a multiple of {stride}")
     if cfg.data.global_crops_number < 1:
         raise ValueError("data.global_crops_number must be at least 1")
-    if cfg.loss.centering not in ("mean", "sinkhorn"):
-        raise ValueError(f"loss.centering must be 'mean' or 'sinkhorn', got '{cfg.loss.centering}'")
+    if cfg.loss.centering not in CENTERINGS:
+        raise ValueError(f"loss.centering must be one of {', '.join(CENTERINGS)}, got '{cfg.loss.centering}'")
     if cfg.loss.koleo_weight < 0:
         raise ValueError(f"loss.koleo_weight must be >= 0, got {cfg.loss.koleo_weight}")
     if cfg.loss.koleo_weight > 0 and cfg.optim.batch_size_per_device < 2:

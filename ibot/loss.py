@@ -23,9 +23,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CENTERINGS", "IBOTLoss", "koleo_loss", "sinkhorn_knopp", "teacher_temp_schedule"]
+from ibot.config import CENTERINGS
 
-CENTERINGS = ("mean", "sinkhorn")
+__all__ = ["CENTERINGS", "IBOTLoss", "koleo_loss", "sinkhorn_knopp", "teacher_temp_schedule"]
 
 
 def teacher_temp_schedule(

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from ibot.cli import main
+from ibot.config import TINY_MODEL_OVERRIDES
 
-TINY = ["model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.out_dim=64", "model.patch_out_dim=64",
-        "model.head_hidden_dim=32", "model.head_bottleneck_dim=16", "data.local_crops_number=2", "data.num_workers=0"]
+TINY = [*TINY_MODEL_OVERRIDES, "data.num_workers=0"]
 
 
 def test_pretrain_smoke_on_embedded_data(tmp_path, monkeypatch):

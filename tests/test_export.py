@@ -11,15 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ibot.config import resolve_config
+from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES, resolve_config
 from ibot.export import compare_with_onnx, export_checkpoint, export_onnx, load_exportable
 from ibot.infer import Preprocess, read_model_info
 from ibot.models import build_backbone
 from ibot.train.checkpoint import prefixed, save_checkpoint
 
-TINY = ["model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.out_dim=64", "model.patch_out_dim=64",
-        "model.head_hidden_dim=32", "model.head_bottleneck_dim=16", "data.global_crops_size=16",
-        "data.local_crops_size=8", "model.patch_size=4"]
+TINY = [*TINY_MODEL_OVERRIDES, *TINY_CROP_OVERRIDES]
 
 
 def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:

@@ -39,11 +39,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
 
+from ibot.config import TINY_MODEL_OVERRIDES  # noqa: E402
+
 SUBSET = ROOT / "ibot" / "data" / "assets" / "fashion_mnist_subset.npz"  # ibot.data.fashion_mnist.SUBSET_PATH
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| on features and class probabilities
-TINY_MODEL = ["model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.out_dim=64",
-              "model.patch_out_dim=64", "model.head_hidden_dim=32", "model.head_bottleneck_dim=16",
-              "data.local_crops_number=2"]
 
 
 @dataclass
@@ -175,7 +174,7 @@ def build_stages(out: Path, lite: bool) -> list[Stage]:
     images = out / "images"
     eval_data = ["--data", str(images)] if lite else []  # full: the pre-training data (Fashion-MNIST)
     if lite:
-        pretrain = ["--max-steps", "2", "--batch-size-per-device", "16", "data.num_workers=0", *TINY_MODEL]
+        pretrain = ["--max-steps", "2", "--batch-size-per-device", "16", "data.num_workers=0", *TINY_MODEL_OVERRIDES]
         finetune = ["--epochs", "1", "--batch-size", "8", "--num-workers", "0"]
     else:
         pretrain = []  # the cpu preset's schedule

@@ -29,10 +29,13 @@ __all__ = ["NUM_PARAMS", "ColorParamSampler", "apply_color"]
 
 NUM_PARAMS = 12
 JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE, ORDER, GRAY, SIGMA, SOLARIZE = 0, 1, 2, 3, 4, 5, 9, 10, 11
-# official DataAugmentationiBOT: ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale p 0.2
+# official DataAugmentationiBOT, shared with the per-crop Pillow path (ibot.data.transforms):
+# ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale p 0.2, solarisation at grey level 128
+JITTER_STRENGTHS = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
 JITTER_P, GRAY_P = 0.8, 0.2
-FACTOR_RANGES = ((0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1))
-SOLARIZE_THRESHOLD = 128 / 255
+SOLARIZE_LEVEL = 128
+FACTOR_RANGES = tuple((1 - s, 1 + s) for s in JITTER_STRENGTHS[:3]) + ((-JITTER_STRENGTHS[3], JITTER_STRENGTHS[3]),)
+SOLARIZE_THRESHOLD = SOLARIZE_LEVEL / 255
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, Pillow's convert("L")
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from ibot.data.batched_color import ColorParamSampler
+from ibot.data.batched_color import GRAY_P, JITTER_P, JITTER_STRENGTHS, SOLARIZE_LEVEL, ColorParamSampler
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -43,7 +43,6 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BLUR_SIGMA = (0.1, 2.0)
-SOLARIZE_THRESHOLD = 128
 
 
 class RandomGaussianBlur:
@@ -86,14 +85,12 @@ def _crop_transform(
     if batched_color:  # -> (uint8 crop, colour parameters) for ``apply_color``
         return v2.Compose([*ops, v2.PILToTensor(), ColorParamSampler(blur_p, blur_sigma, solarize_p)])
     ops += [
-        v2.RandomApply(
-            [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
-        ),
-        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.ColorJitter(*JITTER_STRENGTHS)], p=JITTER_P),
+        v2.RandomGrayscale(p=GRAY_P),
         RandomGaussianBlur(p=blur_p, sigma=blur_sigma),
     ]
     if solarize_p > 0:
-        ops.append(v2.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=solarize_p))
+        ops.append(v2.RandomSolarize(threshold=SOLARIZE_LEVEL, p=solarize_p))
     ops += [
         v2.PILToTensor(),  # PIL -> (3, size, size) uint8
         v2.ToDtype(torch.float32, scale=True),

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ibot.config import resolve_config
+from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES, resolve_config
 
 
 def make_image_folder(root: Path, n_per_class: int = 8, classes: int = 2, size: int = 20) -> Path:
@@ -24,9 +24,7 @@ def make_image_folder(root: Path, n_per_class: int = 8, classes: int = 2, size: 
 def tiny_config(output_dir: Path, data: str, *extra: str):
     return resolve_config("cpu", overrides=[
         f"data.data={data}", f"run.output_dir={output_dir}", "run.progress=false", "run.knn_eval=false",
-        "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.out_dim=64", "model.patch_out_dim=64",
-        "model.head_hidden_dim=32", "model.head_bottleneck_dim=16", "data.global_crops_size=16",
-        "data.local_crops_size=8", "model.patch_size=4", "data.local_crops_number=2", "data.num_workers=0",
+        *TINY_MODEL_OVERRIDES, *TINY_CROP_OVERRIDES, "data.num_workers=0",
         "optim.batch_size_per_device=4", "optim.epochs=2", "optim.warmup_epochs=1",
         "loss.warmup_teacher_temp_epochs=1", "run.log_every_steps=1", *extra])
 
