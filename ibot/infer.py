@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ibot.image_io import load_rgb
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "InferenceResult",
     "Preprocess",
     "find_images",
-    "load_image",
     "preprocess",
     "read_model_info",
     "run_inference",
@@ -86,30 +86,6 @@ def find_images(path: str | Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
     return files
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. High-bit-depth grayscale is scaled to 8 bits rather than clipped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I"):
-            pixels = pixels / (257.0 if pixels.max(initial=0) > 255 else 1.0)  # 16-bit -> 8-bit
-        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # PIL wants palette transparency resolved through RGBA
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode ``path`` as RGB; ``ValueError`` naming the file if it cannot be."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's warnings on odd palettes / EXIF of valid files
-            with Image.open(path) as image:
-                image.load()
-                return _to_rgb(image)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot decode image {path}: {exc}") from None
 
 
 def preprocess(image: Image.Image, spec: Preprocess) -> np.ndarray:
@@ -186,7 +162,7 @@ def run_inference(model_path: str | Path, inputs: str | Path | Sequence[str | Pa
 
     for path in tqdm(files, desc="infer", unit="img", disable=not progress, file=sys.stderr):
         try:
-            batch.append(preprocess(load_image(path), spec))
+            batch.append(preprocess(load_rgb(path), spec))
         except ValueError as exc:
             skipped.append((str(path), str(exc)))
             if on_skip is not None:

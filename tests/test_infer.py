@@ -14,7 +14,8 @@ from PIL import Image
 
 from ibot.data.transforms import eval_transform
 from ibot.export import export_onnx
-from ibot.infer import (Preprocess, find_images, load_image, preprocess, read_model_info, run_inference, top_k,
+from ibot.image_io import load_rgb
+from ibot.infer import (Preprocess, find_images, preprocess, read_model_info, run_inference, top_k,
                         write_results)
 from ibot.models import build_backbone
 
@@ -71,34 +72,6 @@ def test_preprocess_matches_the_pytorch_evaluation_transform(size, crop_pct):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "CMYK", "I;16", "1"])
-def test_every_mode_becomes_rgb(mode, tmp_path):
-    rng = np.random.default_rng(2)
-    if mode == "I;16":
-        image = Image.fromarray(rng.integers(0, 65536, (12, 14), dtype=np.uint16))
-    else:
-        image = Image.fromarray(rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)).convert(mode)
-    path = tmp_path / ("x.tiff" if mode in ("I;16", "CMYK") else "x.png")
-    image.save(path)
-    rgb = load_image(path)
-    assert rgb.mode == "RGB" and rgb.size == (14, 12)
-    if mode == "I;16":  # scaled to 8 bits, not clipped to white
-        assert 30 < np.asarray(rgb).mean() < 225
-
-
-def test_palette_with_transparency_loads(tmp_path):
-    image = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")
-    image.info["transparency"] = 0
-    image.save(tmp_path / "t.png", transparency=0)
-    assert load_image(tmp_path / "t.png").mode == "RGB"
-
-
-def test_corrupt_file_is_a_value_error_naming_it(tmp_path):
-    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    with pytest.raises(ValueError, match="bad.jpg"):
-        load_image(tmp_path / "bad.jpg")
-
-
 def test_find_images(image_folder):
     names = [p.relative_to(image_folder).as_posix() for p in find_images(image_folder)]
     assert names == ["corrupt.png", "gray.jpg", "palette.gif", "rgb.png", "sub/rgba.png"]
@@ -118,7 +91,7 @@ def test_folder_inference_skips_corrupt_and_matches_pytorch(models, image_folder
     assert [Path(f).name for f in result.files] == ["gray.jpg", "palette.gif", "rgb.png", "rgba.png"]
     assert [Path(f).name for f, _ in result.skipped] == ["corrupt.png"] and reported == [result.skipped[0][0]]
     assert result.kind == "features" and result.outputs.shape == (4, 32)
-    batch = torch.from_numpy(np.stack([preprocess(load_image(f), models["spec"]) for f in result.files]))
+    batch = torch.from_numpy(np.stack([preprocess(load_rgb(f), models["spec"]) for f in result.files]))
     with torch.no_grad():
         expected = backbone(batch).numpy()
     np.testing.assert_allclose(result.outputs, expected, atol=1e-4, rtol=0)
@@ -155,7 +128,7 @@ def test_classifier_top5_as_json_and_csv(models, image_folder, tmp_path):
     result = run_inference(path, image_folder, progress=False)
     assert result.kind == "classifier" and result.class_names == CLASSES
     rows = json.loads(write_results(result, tmp_path / "p.json")[0].read_text())["predictions"]
-    batch = torch.from_numpy(np.stack([preprocess(load_image(f), models["spec"]) for f in result.files]))
+    batch = torch.from_numpy(np.stack([preprocess(load_rgb(f), models["spec"]) for f in result.files]))
     with torch.no_grad():
         probs = classifier(batch).softmax(dim=1).numpy()
     for row, p in zip(rows, probs):

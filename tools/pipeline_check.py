@@ -134,13 +134,14 @@ def compare_with_pytorch(out: Path) -> dict[str, float]:
     import torch
 
     from ibot.export import load_exportable
-    from ibot.infer import load_image, preprocess, read_model_info
+    from ibot.image_io import load_rgb
+    from ibot.infer import preprocess, read_model_info
 
     def reference(checkpoint: Path, onnx_path: Path, files: list[str], kind: str) -> np.ndarray:
         meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
         _, spec, _ = read_model_info(meta, onnx_path)
         model = load_exportable(checkpoint, kind=kind).model.eval()
-        batch = torch.from_numpy(np.stack([preprocess(load_image(f), spec) for f in files]))
+        batch = torch.from_numpy(np.stack([preprocess(load_rgb(f), spec) for f in files]))
         with torch.no_grad():
             return model(batch).numpy()
 

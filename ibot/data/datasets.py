@@ -21,16 +21,15 @@ Images of an ImageFolder are decoded on load; one that cannot be decoded raises
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision import datasets as tv_datasets
 
 from ibot.data.fashion_mnist import FashionMNIST
+from ibot.image_io import CorruptImageError, load_rgb
 
 __all__ = [
     "CorruptImageError",
@@ -52,30 +51,6 @@ TORCHVISION_DATASETS = {
 }
 # requested split -> sub-folders tried in an ImageFolder tree, in order
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "test"), "test": ("test", "val")}
-
-
-class CorruptImageError(OSError):
-    """An image file that cannot be decoded; ``path`` names it."""
-
-    def __init__(self, path: str | Path, reason: str = "") -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot decode image {self.path}" + (f": {reason}" if reason else ""))
-
-    def __reduce__(self):  # pickled back from DataLoader workers with its path
-        return type(self), (self.path, self.reason)
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB; :class:`CorruptImageError` if that fails.
-
-    ``Image.verify`` misses truncated files, so the pixels are actually decoded.
-    """
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        raise CorruptImageError(path, str(e)) from None
 
 
 def safe_getitem(dataset: Dataset, index: int) -> tuple[Any | None, str | None]:

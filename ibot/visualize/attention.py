@@ -17,7 +17,8 @@ from PIL import Image
 from torch import nn
 
 from ibot.visualize.grid import Cell, GridLayout, grid_figure, save_png
-from ibot.visualize.images import display_scale, fit_to_patches, load_image, to_tensor, upscale
+from ibot.image_io import load_rgb
+from ibot.visualize.images import display_scale, fit_to_patches, to_tensor, upscale
 
 HEATMAP = "inferno"
 KEPT_COLOR = (255, 90, 30)  # kept patches: half image, half this colour; the others: half brightness
@@ -114,7 +115,7 @@ def save_attention(result: AttentionMaps, path: str | Path, title: str = "",
 def visualize_attention(backbone: nn.Module, image_path: str | Path, output: str | Path, image_size: int,
                         mass: float = 0.6, heads_per_row: int = 6) -> AttentionMaps:
     """Read ``image_path``, draw its attention grid to ``output`` (PNG)."""
-    result = attention_maps(backbone, load_image(image_path), image_size, mass)
+    result = attention_maps(backbone, load_rgb(image_path), image_size, mass)
     h, w = result.maps.shape[1:]
     save_attention(result, output, f"{Path(image_path).name}: last-block [CLS] attention, {h}x{w} patches, "
                                     f"kept {mass:.0%} of each head's mass", heads_per_row)

@@ -19,7 +19,8 @@ from PIL import Image
 from torch import nn
 
 from ibot.visualize.grid import Cell, GridLayout, grid_figure, save_png
-from ibot.visualize.images import display_scale, fit_to_patches, load_image, to_tensor, upscale
+from ibot.image_io import load_rgb
+from ibot.visualize.images import display_scale, fit_to_patches, to_tensor, upscale
 
 LINE_COLORS = "rainbow"
 
@@ -129,7 +130,7 @@ def save_correspondence(result: Correspondence, path: str | Path, title: str = "
 def visualize_correspondence(backbone: nn.Module, path_a: str | Path, path_b: str | Path, output: str | Path,
                              image_size: int, top_k: int = 20, foreground: float | None = None) -> Correspondence:
     """Read two images, match their patches, draw the matches to ``output`` (PNG)."""
-    result = correspond(backbone, load_image(path_a), load_image(path_b), image_size, top_k, foreground)
+    result = correspond(backbone, load_rgb(path_a), load_rgb(path_b), image_size, top_k, foreground)
     m = result.matches
     if len(m.similarity):
         detail = f"cosine {float(m.similarity.min()):.2f} to {float(m.similarity.max()):.2f}"

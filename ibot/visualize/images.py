@@ -1,4 +1,4 @@
-"""Reading user images for the visualisations: any file Pillow opens, any size or mode.
+"""Preparing user images (read by :func:`ibot.image_io.load_rgb`) for the visualisations.
 
 An image is resized so both sides are multiples of the backbone's patch size (the shorter side
 to ``size``), then normalised as in training (ImageNet mean and std).
@@ -6,34 +6,11 @@ to ``size``), then normalised as in training (ImageNet mean and std).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ibot.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB image; transparency is composed onto white, 16-bit and float images are rescaled."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # rescale the range to 0..255
-                values = np.asarray(image, dtype=np.float32)
-                low, high = float(values.min()), float(values.max())
-                image = Image.fromarray(np.uint8(np.round(255 * (values - low) / max(high - low, 1e-12))))
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                rgba = image.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(white, rgba).convert("RGB")
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
 
 
 def fit_to_patches(image: Image.Image, size: int, patch_size: int) -> Image.Image:
