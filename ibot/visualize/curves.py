@@ -18,9 +18,11 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ibot.visualize.grid import DPI, save_png
+
 # panel title -> (record keys drawn in it, y label)
 PANELS: dict[str, tuple[tuple[str, ...], str]] = {
-    "loss": (("loss", "cls", "patch"), "cross-entropy"),
+    "loss": (("loss", "cls", "patch", "koleo"), "loss"),
     "learning rate": (("lr",), "lr"),
     "weight decay": (("wd",), "wd"),
     "teacher EMA momentum": (("momentum",), "momentum"),
@@ -29,7 +31,6 @@ PANELS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 KNN_PANEL = "k-NN top-1 (teacher)"
 FIGSIZE = (16.0, 8.0)  # inches at 100 dpi: 1600 x 800 pixels
-DPI = 100
 
 
 @dataclass
@@ -84,7 +85,7 @@ def read_log(path: str | Path) -> RunLog:
 def _draw(ax: Axes, records: list[dict[str, Any]], x_key: str, keys: tuple[str, ...], offset: int = 0) -> bool:
     """One line per key present in the records; True if anything was drawn."""
     drawn = False
-    for key, style in zip(keys, ("-", "--", ":")):
+    for key, style in zip(keys, ("-", "--", ":", "-.")):
         points = [(r[x_key] + offset, r[key]) for r in records if isinstance(r.get(key), (int, float))]
         if points:
             xs, ys = zip(*points)
@@ -138,6 +139,4 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     last = log.steps[-1] if log.steps else log.epochs[-1]
     fig, _ = curves_figure(log, f"{log_path.parent.name}: {len(log.steps)} step and {len(log.epochs)} epoch "
                                 f"records, last at epoch {last.get('epoch', '?')}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=DPI, format="png")
-    return output
+    return save_png(fig, output)

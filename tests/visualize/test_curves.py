@@ -12,7 +12,7 @@ from PIL import Image
 from ibot.cli import main
 from ibot.visualize.curves import DPI, FIGSIZE, KNN_PANEL, PANELS, curves_figure, plot_run, read_log
 
-KEYS = ("loss", "cls", "patch", "lr", "wd", "momentum", "teacher_temp", "teacher_patch_temp", "img_per_s")
+KEYS = ("loss", "cls", "patch", "koleo", "lr", "wd", "momentum", "teacher_temp", "teacher_patch_temp", "img_per_s")
 
 
 def record(kind: str, step: int, epoch: int, **extra) -> dict:
