@@ -153,10 +153,14 @@ class IBOTLoss(nn.Module):
         student_local_cls: Tensor | None,
         student_mask: Sequence[Tensor] | Tensor,
         epoch: int,
+        mask_index: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """``student_output = (cls (G*B, K), patch (G*B, N, K2))``, ``teacher_output`` likewise,
         ``student_local_cls (L*B, K)`` or None, ``student_mask``: G bool tensors (B, h, w) or one
-        (G*B, h, w) tensor with ``h * w == N``, True = masked."""
+        (G*B, h, w) tensor with ``h * w == N``, True = masked. ``mask_index`` (M, 2), optional:
+        ``nonzero()`` of the flat mask, computed on the host to spare a GPU the sync. The student
+        patch output may also come packed, (M, K2): its masked rows only, in ``mask_index`` order
+        (``MultiCropWrapper(masked_patches_only=True)``)."""
         # the loss is computed in float32 whatever autocast gave the networks (as CUDA autocast
         # does for softmax in the official code)
         student_cls, student_patch = (t.float() for t in student_output)
@@ -174,20 +178,28 @@ class IBOTLoss(nn.Module):
                 f"expected {self.ngcrops} teacher and {self.ncrops} student crops of equal batch, "
                 f"got {n_teacher} teacher and {n_student} student [CLS] rows"
             )
-        mask = self._flat_mask(student_mask, student_patch.shape[:2])
+        mask = self._flat_mask(student_mask, teacher_patch.shape[:2])
 
-        # teacher centring and sharpening, detached
+        # teacher centring and sharpening, detached; patch tokens at masked positions only, the
+        # only ones the loss reads (the official code sharpens and scores every token, then
+        # multiplies the unmasked ones by 0: the same sums, about 85% less work at its ratios)
         temp = float(self.teacher_temp_schedule[epoch])
         temp2 = float(self.teacher_temp2_schedule[epoch])
+        rows, cols = (mask.nonzero() if mask_index is None else mask_index).unbind(1)
+        packed = student_patch.dim() == 2
+        if packed and student_patch.shape[0] != rows.shape[0]:
+            raise ValueError(f"packed student patch outputs: {student_patch.shape[0]} rows for "
+                             f"{rows.shape[0]} masked tokens")
+        teacher_masked = teacher_patch[rows, cols]  # (G*B, N, K2) -> (M, K2)
         if self.centering == "sinkhorn":
             teacher_cls_p = sinkhorn_knopp(teacher_cls, temp)
-            teacher_patch_p = torch.zeros_like(teacher_patch)  # unmasked tokens are never read
-            teacher_patch_p[mask] = sinkhorn_knopp(teacher_patch[mask], temp2)
+            teacher_patch_p = sinkhorn_knopp(teacher_masked, temp2)
         else:
             teacher_cls_p = F.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
-            teacher_patch_p = F.softmax((teacher_patch - self.center2) / temp2, dim=-1).detach()
+            teacher_patch_p = F.softmax((teacher_masked - self.center2[0]) / temp2, dim=-1).detach()
         student_cls_lp = F.log_softmax(student_cls / self.student_temp, dim=-1)
-        student_patch_lp = F.log_softmax(student_patch / self.student_temp, dim=-1)
+        student_masked = student_patch if packed else student_patch[rows, cols]  # (M, K2)
+        student_patch_lp = F.log_softmax(student_masked / self.student_temp, dim=-1)
 
         # [CLS]: cross-entropy of every (teacher crop q, student crop v) pair in one contraction
         teacher_cls_p = teacher_cls_p.unflatten(0, (self.ngcrops, batch))  # (G*B, K) -> (G, B, K)
@@ -199,9 +211,9 @@ class IBOTLoss(nn.Module):
         loss_cls = pair_ce[different].mean() * self.lambda1
 
         # patches: same crop, masked tokens only, per-image mean then batch mean
-        token_ce = -(teacher_patch_p * student_patch_lp).sum(dim=-1)  # (G*B, N, K2) -> (G*B, N)
-        mask = mask.to(token_ce.dtype)
-        per_image = (token_ce * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)  # (G*B,)
+        token_ce = -(teacher_patch_p * student_patch_lp).sum(dim=-1)  # (M, K2) -> (M,)
+        ce_sum = token_ce.new_zeros(mask.shape[0]).index_add(0, rows, token_ce)  # (G*B,)
+        per_image = ce_sum / mask.sum(dim=-1).clamp(min=1).to(ce_sum.dtype)
         loss_patch = per_image.mean() * self.lambda2
 
         self.update_center(teacher_cls, teacher_patch)
@@ -219,7 +231,7 @@ class IBOTLoss(nn.Module):
         mask = student_mask.flatten(1).bool()  # (G*B, h, w) -> (G*B, N)
         if mask.shape != shape:
             raise ValueError(
-                f"student_mask: {tuple(student_mask.shape)} does not match the student patch "
+                f"student_mask: {tuple(student_mask.shape)} does not match the teacher patch "
                 f"outputs (G*B, N) = {tuple(shape)}"
             )
         return mask

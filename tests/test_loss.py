@@ -84,6 +84,39 @@ def test_only_masked_tokens_count():
     assert after.item() == pytest.approx(before.item(), rel=1e-6)
 
 
+def test_patch_loss_equals_the_dense_official_formula_and_host_index():
+    """Scoring masked tokens only (and with a host-computed index) gives the official dense sum:
+    softmax and log-softmax over every token, times the mask, per-image mean, batch mean."""
+    gen = torch.Generator().manual_seed(7)
+    (s_cls, s_patch), (t_cls, t_patch), local, masks = random_inputs(gen, batch=4)
+    masks[0][1] = False  # an image with no masked token counts as 0, as in the official code
+    loss = make_loss()
+    loss.center2.normal_(generator=gen)
+    center2, epoch = loss.center2.clone(), 5
+    s_patch.requires_grad_(True)
+    out = loss((s_cls, s_patch), (t_cls, t_patch), local, masks, epoch)
+    mask = torch.cat(masks).flatten(1).float()
+    teacher_p = F.softmax((t_patch - center2) / float(loss.teacher_temp2_schedule[epoch]), dim=-1)
+    token_ce = -(teacher_p * F.log_softmax(s_patch / 0.1, dim=-1)).sum(-1)
+    dense = ((token_ce * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    torch.testing.assert_close(out["patch"], dense, rtol=1e-6, atol=0)
+    grad, = torch.autograd.grad(out["patch"], s_patch)
+    dense_grad, = torch.autograd.grad(dense, s_patch)
+    torch.testing.assert_close(grad, dense_grad, rtol=1e-5, atol=1e-8)
+
+    again = make_loss()
+    again.center2.copy_(center2)
+    index = torch.cat(masks).flatten(1).nonzero()
+    hosted = again((s_cls, s_patch), (t_cls, t_patch), local, masks, epoch, mask_index=index)
+    assert hosted["patch"].item() == out["patch"].item() and hosted["cls"].item() == out["cls"].item()
+    packed_loss = make_loss()
+    packed_loss.center2.copy_(center2)
+    packed = packed_loss((s_cls, s_patch[index[:, 0], index[:, 1]]), (t_cls, t_patch), local, masks, epoch)
+    assert packed["patch"].item() == out["patch"].item()  # the wrapper's packed rows: the same sums
+    with pytest.raises(ValueError, match="packed student patch outputs"):
+        make_loss()((s_cls, s_patch[index[1:, 0], index[1:, 1]]), (t_cls, t_patch), local, masks, epoch)
+
+
 def test_identical_distributions_reach_entropy_lower_bound():
     """Teacher temperature = student temperature and all crops alike: cross-entropy = entropy."""
     gen = torch.Generator().manual_seed(2)

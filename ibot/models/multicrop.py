@@ -16,10 +16,11 @@ class MultiCropWrapper(nn.Module):
     State-dict keys are ``backbone.*`` and ``head.*``, like the official teacher's.
 
     ``masked_patches_only`` (the student's setting in training): when masks are given, the head
-    runs on the [CLS] and the masked patch tokens only and the other rows of the patch output are
-    zeros. The loss reads student patch outputs at masked positions only, so this is exact, and it
-    skips most of the head's work (with the official ratios about 85% of the patch tokens are
-    unmasked); the official code projects every token. The teacher needs all of them (centring).
+    runs on the [CLS] and the masked patch tokens only, and the patch output holds just those rows,
+    packed (M, K2) in ``masks.flatten(1).nonzero()`` order. The loss reads student patch outputs
+    at masked positions only, so this is exact, and it skips most of the head's work (with the
+    official ratios about 85% of the patch tokens are unmasked); the official code projects every
+    token. The teacher needs all of them (centring).
     """
 
     def __init__(self, backbone: nn.Module, head: IBOTHead, masked_patches_only: bool = False) -> None:
@@ -34,16 +35,19 @@ class MultiCropWrapper(nn.Module):
         masks: torch.Tensor | None = None,
         local_crops: torch.Tensor | None = None,
         return_backbone_cls: bool = False,
+        mask_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """(G*B, 3, H, W), masks (G*B, h, w), (L*B, 3, h', w') ->
-        (cls (G*B, K), patch (G*B, N, K2), local_cls (L*B, K) or None), followed by the backbone's
-        [CLS] of the global crops (G*B, D) when ``return_backbone_cls`` (for a KoLeo term)."""
+        (cls (G*B, K), patch (G*B, N, K2) or packed (M, K2), local_cls (L*B, K) or None), then the backbone's
+        [CLS] of the global crops (G*B, D) when ``return_backbone_cls`` (for a KoLeo term).
+
+        ``mask_index`` (M, 2): (crop, patch) of each masked token, ``masks.flatten(1).nonzero()``;
+        computed on the host and passed in, it spares a GPU the sync of finding them itself."""
         tokens = self.backbone(global_crops, mask=masks, return_all_tokens=True)  # (G*B, 1 + N, D)
         if self.masked_patches_only and masks is not None:
             cls = self.head(tokens[:, 0])
-            flat = masks.flatten(1)  # (G*B, N), True = masked
-            picked = self.head.forward_patch(tokens[:, 1:][flat])  # (M, D) -> (M, K2)
-            patch = picked.new_zeros(*flat.shape, picked.shape[-1]).index_put((flat,), picked)
+            rows, cols = (masks.flatten(1).nonzero() if mask_index is None else mask_index).unbind(1)
+            patch = self.head.forward_patch(tokens[rows, cols + 1])  # (M, D) -> (M, K2)
         else:
             cls, patch = self.head(tokens)
         local_cls = None

@@ -220,6 +220,7 @@ class Pretrainer:
                 group["weight_decay"] = self.wd_schedule[it]
         global_crops = batch.global_crops.to(self.device, non_blocking=True)
         masks = batch.masks.to(self.device, non_blocking=True)
+        mask_index = batch.masks.flatten(1).nonzero().to(self.device, non_blocking=True)  # found on the host
         local_crops = batch.local_crops.to(self.device, non_blocking=True) if batch.local_crops is not None else None
         if batch.global_params is not None:  # uint8 crops: the colour half of the augmentation, batched here
             mean, std = self.dataset.augmentation.mean, self.dataset.augmentation.std
@@ -232,11 +233,11 @@ class Pretrainer:
                 teacher_cls, teacher_patch, _ = self.teacher_step(global_crops)
             koleo_weight = self.cfg.loss.koleo_weight
             student_cls, student_patch, student_local_cls, *backbone_cls = self.student_step(
-                global_crops, masks, local_crops, return_backbone_cls=koleo_weight > 0)
+                global_crops, masks, local_crops, return_backbone_cls=koleo_weight > 0, mask_index=mask_index)
             if student_local_cls is None:
                 student_local_cls = student_cls.new_zeros(0, student_cls.shape[-1])
             losses = self.ibot_loss((student_cls, student_patch), (teacher_cls, teacher_patch),
-                                    student_local_cls, masks, epoch)
+                                    student_local_cls, masks, epoch, mask_index)
             if koleo_weight > 0:  # per global crop, as DINOv2 does
                 chunks = backbone_cls[0].chunk(self.cfg.data.global_crops_number)
                 losses["koleo"] = koleo_weight * sum(koleo_loss(c) for c in chunks)

@@ -65,20 +65,23 @@ def test_masked_patches_only_is_exact_for_the_loss_and_skips_unmasked_tokens():
     rows = []
     sparse.head.mlp.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
     outputs = []
+    flat = masks.flatten(1)
     for model in (full, sparse):
         cls, patch, _ = model(global_crops, masks)
         # what the loss does with the student's patch outputs: read them at masked positions only
-        loss = cls.square().sum() + (patch.log_softmax(-1).sum(-1) * masks.flatten(1)).sum()
+        masked = patch[flat] if patch.dim() == 3 else patch
+        loss = cls.square().sum() + masked.log_softmax(-1).sum()
         loss.backward()
         outputs.append((cls, patch, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (cls_a, patch_a, grads_a), (cls_b, patch_b, grads_b) = outputs
-    flat = masks.flatten(1)
     torch.testing.assert_close(cls_a, cls_b)
-    torch.testing.assert_close(patch_a[flat], patch_b[flat])
-    assert not patch_b[~flat].any()  # unmasked rows are zeros: never projected
+    assert patch_a.shape == (4, 16, patch_a.shape[-1]) and patch_b.shape == (int(flat.sum()), patch_a.shape[-1])
+    torch.testing.assert_close(patch_a[flat], patch_b)  # packed: the masked rows, in nonzero() order
     assert grads_a.keys() == grads_b.keys() and "head.mlp.0.weight" in grads_a
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
     assert rows == [4, int(flat.sum())]  # the MLP saw the [CLS] rows and the masked tokens only
+    hosted = sparse(global_crops, masks, mask_index=flat.nonzero())  # as the trainer passes it
+    torch.testing.assert_close(hosted[1], patch_b, rtol=0, atol=0)
     sparse.eval()
     torch.testing.assert_close(sparse(global_crops)[1], full.eval()(global_crops)[1])  # no masks: all tokens
