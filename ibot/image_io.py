@@ -30,9 +30,6 @@ class CorruptImageError(OSError, ValueError):
         self.reason = reason
         super().__init__(f"cannot decode image {self.path}" + (f": {reason}" if reason else ""))
 
-    def __str__(self) -> str:
-        return self.args[0]
-
     def __reduce__(self):  # pickled back from DataLoader workers with its path
         return type(self), (self.path, self.reason)
 
