@@ -58,7 +58,7 @@ def test_unreadable_image(tmp_path, capsys):
     (tmp_path / "fake.png").write_text("not an image")
     ckpt = tiny_checkpoint(tmp_path / "ck.safetensors")
     line = one_line_error(["visualize", "attention", str(tmp_path / "fake.png"), "-c", str(ckpt)], capsys)
-    assert f"cannot read image {tmp_path / 'fake.png'}" in line
+    assert f"cannot decode image {tmp_path / 'fake.png'}" in line
 
 
 # --- incompatible checkpoints ------------------------------------------------------------------
