@@ -26,6 +26,11 @@ CPU memory is the peak RSS of the process (``ru_maxrss``; ``setup`` is the RSS b
 step), GPU memory ``torch.cuda.max_memory_allocated``. Steps run at epoch ``freeze_last_layer``
 (the first epoch in which every parameter is trained).
 
+After the timed steps each model run counts the work of one more step on the first batch
+(``gflop_per_image``: ``torch.utils.flop_counter`` over matmuls and convolutions, forward and
+backward; our attention runs in its explicit form for that step so that it is counted too). The
+ratio official / ours is the speed-up to expect where both run their matmuls equally fast.
+
     python benchmarks/pretrain.py --official-repo /tmp/official_ibot
 """
 
@@ -101,6 +106,15 @@ def _speed(wall: float, cpu: float, steps: int, batch: int) -> dict[str, float]:
             "images_per_cpu_s": steps * batch / cpu}
 
 
+def _gflop_per_image(step, batch: int) -> float:
+    """GFLOP of one call of ``step`` (a training step) per image, as FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / batch / 1e9
+
+
 def _memory(device: torch.device) -> dict[str, float]:
     out = {"peak_rss_mb": _common.peak_rss_mb()}
     if device.type == "cuda":
@@ -144,6 +158,12 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
               "losses": [float(x) for x in losses], "setup_rss_mb": setup_rss, **_memory(device),
               "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(trainer.amp_dtype, "fp32"),
               "params": sum(p.numel() for p in trainer.student.parameters())}
+    if spec["mode"] == "model" and not cfg.run.compile:
+        for module in (*trainer.student.modules(), *trainer.teacher.modules()):
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = False  # the counter does not see inside the fused kernel
+        first = synthetic_batches(cfg, 1, epoch)[0]
+        result["gflop_per_image"] = _gflop_per_image(lambda: trainer.train_step(first, epoch, it0), batch)
     if spec["mode"] == "loader":
         result["data_wait_s_per_step"] = data_time / steps
         result["data_wait_share"] = data_time / wall
@@ -272,10 +292,18 @@ def run_official(spec: dict[str, Any]) -> dict[str, Any]:
                                       *(s[shift:] for s in schedules), epoch, scaler, args)
     stamps, cpu = data.stamps, data.cpu_stamps
     wall = stamps[warmup + steps] - stamps[warmup]
-    return {**_speed(wall, cpu[warmup + steps] - cpu[warmup], steps, batch), "precision": "fp32" if scaler is None
-            else "fp16", "step_times": [stamps[i + 1] - stamps[i] for i in range(warmup, warmup + steps)],
-            "losses": [float(x) for x in losses], "setup_rss_mb": setup_rss, **_memory(device),
-            "params": sum(p.numel() for p in student.parameters())}
+    result = {**_speed(wall, cpu[warmup + steps] - cpu[warmup], steps, batch), "precision": "fp32" if scaler is None
+              else "fp16", "step_times": [stamps[i + 1] - stamps[i] for i in range(warmup, warmup + steps)],
+              "losses": [float(x) for x in losses], "setup_rss_mb": setup_rss, **_memory(device),
+              "params": sum(p.numel() for p in student.parameters())}
+
+    def first_step() -> None:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            official.main.train_one_epoch(_NoDDP(student), teacher, teacher, ibot_loss, data.batches[:1], optimizer,
+                                          *(s[shift:] for s in schedules), epoch, scaler, args)
+
+    result["gflop_per_image"] = _gflop_per_image(first_step, batch)
+    return result
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -306,7 +334,7 @@ def initial_weights(spec: dict[str, Any]) -> tuple[str, dict[str, int]]:
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ["images_per_s", "s_per_step", "images_per_cpu_s", "cpu_s_per_step", "peak_rss_mb", "setup_rss_mb",
-            "peak_gpu_mb", "data_wait_share"]
+            "peak_gpu_mb", "data_wait_share", "gflop_per_image"]
     out = {k: _common.median([r[k] for r in runs]) for k in keys if k in runs[0]}
     out["precision"] = runs[0]["precision"]
     out["runs"] = runs
@@ -326,6 +354,7 @@ def compare(ours: list[dict[str, Any]], official: list[dict[str, Any]], device: 
         "memory_growth": (a["peak_rss_mb"] - a["setup_rss_mb"]) / (b["peak_rss_mb"] - b["setup_rss_mb"]),
         "loss_max_rel_diff": float(np.max(np.abs(la - lb) / np.abs(lb))),
         "loss_comparable": drop_path == 0,  # drop path draws differ otherwise
+        "official_over_ours_gflop": b["gflop_per_image"] / a["gflop_per_image"] if "gflop_per_image" in a else None,
     }
 
 
@@ -405,6 +434,10 @@ def report(results: dict[str, Any], device: str) -> None:
                   f"per CPU-s {c['images_per_cpu_s']:.2f}x; peak memory {c['peak_memory']:.2f}x (growth "
                   f"{c['memory_growth']:.2f}x); losses max rel. diff {c['loss_max_rel_diff']:.1e}"
                   + ("" if c["loss_comparable"] else " (drop path: not comparable)"))
+            if c["official_over_ours_gflop"]:
+                gflop = {n: r["model_step"][n]["gflop_per_image"] for n in (name, "official")}
+                print(f"{setting}: work per image {gflop[name]:.3g} GFLOP ({name}) vs {gflop['official']:.3g} (official): "
+                      f"{c['official_over_ours_gflop']:.2f}x less, the speed-up at equal matmul speed")
         if "baseline" in r:
             print(f"{setting}: official baseline {r['baseline']}")
 

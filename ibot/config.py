@@ -103,7 +103,7 @@ class OptimConfig:
     clip_grad: float = 3.0  # per-parameter gradient norm; 0 disables
     freeze_last_layer: int = 1
     momentum_teacher: float = 0.996
-    fused: bool = True  # foreach/fused AdamW where the device supports it
+    fused: bool = True  # fused AdamW (CUDA, CPU); false: foreach
 
 
 @dataclass

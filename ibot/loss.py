@@ -149,7 +149,7 @@ class IBOTLoss(nn.Module):
     def forward(
         self,
         student_output: tuple[Tensor, Tensor],
-        teacher_output: tuple[Tensor, Tensor],
+        teacher_output: tuple[Tensor, ...],
         student_local_cls: Tensor | None,
         student_mask: Sequence[Tensor] | Tensor,
         epoch: int,
@@ -158,13 +158,18 @@ class IBOTLoss(nn.Module):
         """``student_output = (cls (G*B, K), patch (G*B, N, K2))``, ``teacher_output`` likewise,
         ``student_local_cls (L*B, K)`` or None, ``student_mask``: G bool tensors (B, h, w) or one
         (G*B, h, w) tensor with ``h * w == N``, True = masked. ``mask_index`` (M, 2), optional:
-        ``nonzero()`` of the flat mask, computed on the host to spare a GPU the sync. The student
-        patch output may also come packed, (M, K2): its masked rows only, in ``mask_index`` order
-        (``MultiCropWrapper(masked_patches_only=True)``)."""
+        ``nonzero()`` of the flat mask, computed on the host to spare a GPU the sync.
+
+        Patch outputs may also come packed, (M, K2): the masked rows only, in ``mask_index`` order
+        (``MultiCropWrapper(masked_patches_only=True)``); a packed teacher output comes as
+        ``(cls, patch (M, K2), patch_mean (G*B, K2))``, the mean over all tokens feeding the centre
+        (a dense one may carry a third element None)."""
         # the loss is computed in float32 whatever autocast gave the networks (as CUDA autocast
         # does for softmax in the official code)
         student_cls, student_patch = (t.float() for t in student_output)
-        teacher_cls, teacher_patch = (t.float() for t in teacher_output)
+        teacher_cls, teacher_patch, *rest = teacher_output
+        teacher_cls, teacher_patch = teacher_cls.float(), teacher_patch.float()
+        teacher_mean = rest[0].float() if rest and rest[0] is not None else None
         student_local_cls = student_local_cls.float() if student_local_cls is not None else None
         nepochs = len(self.teacher_temp_schedule)
         if not 0 <= epoch < nepochs:
@@ -178,7 +183,11 @@ class IBOTLoss(nn.Module):
                 f"expected {self.ngcrops} teacher and {self.ncrops} student crops of equal batch, "
                 f"got {n_teacher} teacher and {n_student} student [CLS] rows"
             )
-        mask = self._flat_mask(student_mask, teacher_patch.shape[:2])
+        packed_teacher = teacher_patch.dim() == 2
+        if packed_teacher != (teacher_mean is not None):
+            raise ValueError("teacher_output: give (cls, patch (G*B, N, K2)) or (cls, packed patch (M, K2), "
+                             "patch_mean (G*B, K2))")
+        mask = self._flat_mask(student_mask, n_teacher, None if packed_teacher else teacher_patch.shape[1])
 
         # teacher centring and sharpening, detached; patch tokens at masked positions only, the
         # only ones the loss reads (the official code sharpens and scores every token, then
@@ -186,11 +195,11 @@ class IBOTLoss(nn.Module):
         temp = float(self.teacher_temp_schedule[epoch])
         temp2 = float(self.teacher_temp2_schedule[epoch])
         rows, cols = (mask.nonzero() if mask_index is None else mask_index).unbind(1)
-        packed = student_patch.dim() == 2
-        if packed and student_patch.shape[0] != rows.shape[0]:
-            raise ValueError(f"packed student patch outputs: {student_patch.shape[0]} rows for "
-                             f"{rows.shape[0]} masked tokens")
-        teacher_masked = teacher_patch[rows, cols]  # (G*B, N, K2) -> (M, K2)
+        for name, patch in (("student", student_patch), ("teacher", teacher_patch)):
+            if patch.dim() == 2 and patch.shape[0] != rows.shape[0]:
+                raise ValueError(f"packed {name} patch outputs: {patch.shape[0]} rows for {rows.shape[0]} "
+                                 f"masked tokens")
+        teacher_masked = teacher_patch if packed_teacher else teacher_patch[rows, cols]  # (M, K2)
         if self.centering == "sinkhorn":
             teacher_cls_p = sinkhorn_knopp(teacher_cls, temp)
             teacher_patch_p = sinkhorn_knopp(teacher_masked, temp2)
@@ -198,7 +207,7 @@ class IBOTLoss(nn.Module):
             teacher_cls_p = F.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
             teacher_patch_p = F.softmax((teacher_masked - self.center2[0]) / temp2, dim=-1).detach()
         student_cls_lp = F.log_softmax(student_cls / self.student_temp, dim=-1)
-        student_masked = student_patch if packed else student_patch[rows, cols]  # (M, K2)
+        student_masked = student_patch if student_patch.dim() == 2 else student_patch[rows, cols]  # (M, K2)
         student_patch_lp = F.log_softmax(student_masked / self.student_temp, dim=-1)
 
         # [CLS]: cross-entropy of every (teacher crop q, student crop v) pair in one contraction
@@ -216,11 +225,12 @@ class IBOTLoss(nn.Module):
         per_image = ce_sum / mask.sum(dim=-1).clamp(min=1).to(ce_sum.dtype)
         loss_patch = per_image.mean() * self.lambda2
 
-        self.update_center(teacher_cls, teacher_patch)
+        self.update_center(teacher_cls, teacher_mean if packed_teacher else teacher_patch.mean(dim=1))
         return {"cls": loss_cls, "patch": loss_patch, "loss": loss_cls + loss_patch}
 
-    def _flat_mask(self, student_mask: Sequence[Tensor] | Tensor, shape: torch.Size) -> Tensor:
-        """Masks as one (G*B, N) bool tensor, checked against the patch outputs' (G*B, N)."""
+    def _flat_mask(self, student_mask: Sequence[Tensor] | Tensor, crops: int, tokens: int | None) -> Tensor:
+        """Masks as one (G*B, N) bool tensor, checked against the teacher's G*B crops and (dense
+        patch outputs) N tokens."""
         if not isinstance(student_mask, Tensor):
             if len(student_mask) != self.ngcrops:
                 raise ValueError(
@@ -229,27 +239,27 @@ class IBOTLoss(nn.Module):
                 )
             student_mask = torch.cat(list(student_mask))
         mask = student_mask.flatten(1).bool()  # (G*B, h, w) -> (G*B, N)
-        if mask.shape != shape:
+        if mask.shape[0] != crops or tokens not in (None, mask.shape[1]):
             raise ValueError(
                 f"student_mask: {tuple(student_mask.shape)} does not match the teacher patch "
-                f"outputs (G*B, N) = {tuple(shape)}"
+                f"outputs (G*B, N) = ({crops}, {'N' if tokens is None else tokens})"
             )
         return mask
 
     @torch.no_grad()
-    def update_center(self, teacher_cls: Tensor, teacher_patch: Tensor) -> None:
-        """``center <- m * center + (1 - m) * mean_b teacher_cls`` (and ``center2`` from the
-        per-image mean over patch tokens), averaged over all processes when distributed."""
+    def update_center(self, teacher_cls: Tensor, teacher_patch_mean: Tensor) -> None:
+        """``center <- m * center + (1 - m) * mean_b teacher_cls`` (and ``center2`` likewise from
+        each crop's mean patch output ``teacher_patch_mean`` (G*B, K2)), averaged over all
+        processes when distributed."""
         distributed = dist.is_available() and dist.is_initialized()
         world_size = dist.get_world_size() if distributed else 1
         cls_sum = teacher_cls.to(self.center.dtype).sum(dim=0, keepdim=True)  # (G*B, K) -> (1, K)
-        per_image = teacher_patch.to(self.center2.dtype).mean(dim=1)  # (G*B, N, K2) -> (G*B, K2)
-        patch_sum = per_image.sum(dim=0, keepdim=True)  # (1, K2)
+        patch_sum = teacher_patch_mean.to(self.center2.dtype).sum(dim=0, keepdim=True)  # (G*B, K2) -> (1, K2)
         if distributed:
             dist.all_reduce(cls_sum)
             dist.all_reduce(patch_sum)
         cls_mean = cls_sum / (teacher_cls.shape[0] * world_size)
-        patch_mean = patch_sum / (teacher_patch.shape[0] * world_size)
+        patch_mean = patch_sum / (teacher_patch_mean.shape[0] * world_size)
         self.center.mul_(self.center_momentum).add_(cls_mean, alpha=1 - self.center_momentum)
         self.center2.mul_(self.center_momentum2).add_(
             patch_mean.unsqueeze(0), alpha=1 - self.center_momentum2  # (1, K2) -> (1, 1, K2)

@@ -116,6 +116,18 @@ def test_patch_loss_equals_the_dense_official_formula_and_host_index():
     with pytest.raises(ValueError, match="packed student patch outputs"):
         make_loss()((s_cls, s_patch[index[1:, 0], index[1:, 1]]), (t_cls, t_patch), local, masks, epoch)
 
+    # the teacher packed too (its masked rows and its mean over all tokens): the same loss and centre
+    both_loss = make_loss()
+    both_loss.center2.copy_(center2)
+    t_packed = (t_cls, t_patch[index[:, 0], index[:, 1]], t_patch.mean(1))
+    both = both_loss((s_cls, s_patch[index[:, 0], index[:, 1]]), t_packed, local, masks, epoch)
+    assert both["patch"].item() == out["patch"].item() and both["cls"].item() == out["cls"].item()
+    torch.testing.assert_close(both_loss.center2, packed_loss.center2, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="packed teacher patch outputs"):
+        make_loss()((s_cls, s_patch), (t_cls, t_packed[1][1:], t_packed[2]), local, masks, epoch)
+    with pytest.raises(ValueError, match="patch_mean"):
+        make_loss()((s_cls, s_patch), t_packed[:2], local, masks, epoch)
+
 
 def test_identical_distributions_reach_entropy_lower_bound():
     """Teacher temperature = student temperature and all crops alike: cross-entropy = entropy."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ibot.models.head import IBOTHead, WeightNormLinear
-from ibot.models.multicrop import MultiCropWrapper
+from ibot.models.multicrop import CropOutputs, MultiCropWrapper
 from ibot.models.swin_transformer import SwinTransformer, swin_tiny
 from ibot.models.vision_transformer import VisionTransformer, vit_base, vit_large, vit_small, vit_tiny
 
@@ -36,6 +36,7 @@ def build_backbone(arch: str, patch_size: int | None = None, **kwargs) -> nn.Mod
 
 __all__ = [
     "BACKBONES",
+    "CropOutputs",
     "IBOTHead",
     "MultiCropWrapper",
     "SwinTransformer",

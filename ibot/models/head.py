@@ -99,6 +99,18 @@ class IBOTHead(nn.Module):
         """Patch tokens (..., D) -> (..., patch_out_dim), without a [CLS] row."""
         return self.last_layer2(F.normalize(self.mlp(x), dim=-1, p=2))
 
+    def forward_at(self, x: torch.Tensor, patch_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Tokens (B, 1 + N, D) -> [CLS] (B, out_dim), the patch outputs at ``patch_index`` (M, 2)
+        of (image, patch) pairs only (M, patch_out_dim), and every image's mean patch output over
+        all N patches (B, patch_out_dim).
+
+        The teacher's case: the loss reads its patch outputs at the student's masked tokens, and
+        the centre their mean over all tokens, which is ``last_layer2`` of the mean normalised
+        feature since that layer is linear: the (N, patch_out_dim) projection is never formed."""
+        x = F.normalize(self.mlp(x), dim=-1, p=2)  # (B, 1 + N, bottleneck)
+        images, patches = patch_index.unbind(1)
+        return self.last_layer(x[:, 0]), self.last_layer2(x[images, patches + 1]), self.last_layer2(x[:, 1:].mean(1))
+
 
 def _build_norm(norm: str, dim: int) -> nn.Module:
     if norm == "ln":

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from ibot.models.head import IBOTHead
+
+
+class CropOutputs(NamedTuple):
+    """What :class:`MultiCropWrapper` gives the loss; rows are crop-major (crop ``c`` of every image)."""
+
+    cls: torch.Tensor  # head output of the global crops' [CLS], (G*B, K)
+    patch: torch.Tensor  # patch outputs, (G*B, N, K2), or packed (M, K2): the masked tokens only
+    local_cls: torch.Tensor | None = None  # head output of the local crops' [CLS], (L*B, K)
+    backbone_cls: torch.Tensor | None = None  # the backbone's [CLS] of the global crops, (G*B, D) (KoLeo)
+    patch_mean: torch.Tensor | None = None  # with packed outputs: each crop's mean patch output over all N tokens
 
 
 class MultiCropWrapper(nn.Module):
@@ -15,12 +27,14 @@ class MultiCropWrapper(nn.Module):
     different resolution, never masked) contribute only their [CLS], as in the official code.
     State-dict keys are ``backbone.*`` and ``head.*``, like the official teacher's.
 
-    ``masked_patches_only`` (the student's setting in training): when masks are given, the head
-    runs on the [CLS] and the masked patch tokens only, and the patch output holds just those rows,
-    packed (M, K2) in ``masks.flatten(1).nonzero()`` order. The loss reads student patch outputs
-    at masked positions only, so this is exact, and it skips most of the head's work (with the
-    official ratios about 85% of the patch tokens are unmasked); the official code projects every
-    token. The teacher needs all of them (centring).
+    ``masked_patches_only`` (training): the loss reads patch outputs at the student's masked
+    tokens only, so when the masked positions are known the patch output holds just those rows,
+    packed (M, K2) in ``masks.flatten(1).nonzero()`` order. For the student (``masks`` given) the
+    ViT's last block and the head then run on the [CLS] and masked tokens only; for the teacher
+    (``mask_index`` given, no ``masks``: it sees the unmasked crops) the head's MLP runs on every
+    token, as the centre needs their mean, but the last layer projects only the masked ones and
+    that mean (``CropOutputs.patch_mean``). With the official ratios about 85% of the patch tokens
+    are unmasked; the official code projects every token of every crop.
     """
 
     def __init__(self, backbone: nn.Module, head: IBOTHead, masked_patches_only: bool = False) -> None:
@@ -34,25 +48,30 @@ class MultiCropWrapper(nn.Module):
         global_crops: torch.Tensor,
         masks: torch.Tensor | None = None,
         local_crops: torch.Tensor | None = None,
-        return_backbone_cls: bool = False,
         mask_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        """(G*B, 3, H, W), masks (G*B, h, w), (L*B, 3, h', w') ->
-        (cls (G*B, K), patch (G*B, N, K2) or packed (M, K2), local_cls (L*B, K) or None), then the backbone's
-        [CLS] of the global crops (G*B, D) when ``return_backbone_cls`` (for a KoLeo term).
+    ) -> CropOutputs:
+        """Global crops (G*B, 3, H, W) with optional masks (G*B, h, w), local crops (L*B, 3, h', w').
 
         ``mask_index`` (M, 2): (crop, patch) of each masked token, ``masks.flatten(1).nonzero()``;
         computed on the host and passed in, it spares a GPU the sync of finding them itself."""
-        tokens = self.backbone(global_crops, mask=masks, return_all_tokens=True)  # (G*B, 1 + N, D)
-        if self.masked_patches_only and masks is not None:
-            cls = self.head(tokens[:, 0])
-            rows, cols = (masks.flatten(1).nonzero() if mask_index is None else mask_index).unbind(1)
-            patch = self.head.forward_patch(tokens[rows, cols + 1])  # (M, D) -> (M, K2)
-        else:
+        if self.masked_patches_only and mask_index is None and masks is not None:
+            mask_index = masks.flatten(1).nonzero()
+        if not self.masked_patches_only or mask_index is None:
+            tokens = self.backbone(global_crops, mask=masks, return_all_tokens=True)  # (G*B, 1 + N, D)
             cls, patch = self.head(tokens)
-        local_cls = None
+            outputs = CropOutputs(cls, patch, backbone_cls=tokens[:, 0])
+        elif masks is None:  # the teacher: targets at the tokens the student has masked
+            tokens = self.backbone(global_crops, return_all_tokens=True)
+            cls, patch, patch_mean = self.head.forward_at(tokens, mask_index)
+            outputs = CropOutputs(cls, patch, backbone_cls=tokens[:, 0], patch_mean=patch_mean)
+        else:  # the student: [CLS] rows, then the masked tokens (token 0 is [CLS])
+            n = global_crops.shape[0]
+            images, patches = mask_index.unbind(1)
+            cls_rows = torch.arange(n, device=mask_index.device)
+            token_index = torch.stack((torch.cat((cls_rows, images)),
+                                       torch.cat((torch.zeros_like(cls_rows), patches + 1))), dim=1)
+            tokens = self.backbone(global_crops, mask=masks, token_index=token_index)  # (G*B + M, D)
+            outputs = CropOutputs(self.head(tokens[:n]), self.head.forward_patch(tokens[n:]), backbone_cls=tokens[:n])
         if local_crops is not None:
-            local_cls = self.head(self.backbone(local_crops))  # (L*B, D) -> (L*B, K)
-        if return_backbone_cls:
-            return cls, patch, local_cls, tokens[:, 0]
-        return cls, patch, local_cls
+            outputs = outputs._replace(local_cls=self.head(self.backbone(local_crops)))  # (L*B, D) -> (L*B, K)
+        return outputs

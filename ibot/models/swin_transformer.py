@@ -166,15 +166,21 @@ class SwinTransformer(nn.Module):
         mask = mask.repeat_interleave(grid_h // mask.shape[1], 1).repeat_interleave(grid_w // mask.shape[2], 2)
         return torch.where(mask.unsqueeze(-1), self.masked_embed.to(x.dtype), x)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                return_all_tokens: bool = False) -> torch.Tensor:
-        """Pooled token (B, D), or (B, 1 + N, D) = [pooled, normed last-stage tokens]."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, return_all_tokens: bool = False,
+                token_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled token (B, D); (B, 1 + N, D) = [pooled, normed last-stage tokens] with
+        ``return_all_tokens``; or those at ``token_index`` (R, 2) of (image, token) pairs: (R, D)."""
+        if return_all_tokens and token_index is not None:
+            raise ValueError("give return_all_tokens or token_index, not both")
         x = self.embed(x, mask)
         for layer in self.layers:
             x = layer(x)
         tokens = self.norm(x.flatten(1, 2))  # (B, h, w, D) -> (B, N, D)
         pooled = tokens.mean(dim=1)
-        return torch.cat((pooled.unsqueeze(1), tokens), dim=1) if return_all_tokens else pooled
+        if not return_all_tokens and token_index is None:
+            return pooled
+        tokens = torch.cat((pooled.unsqueeze(1), tokens), dim=1)
+        return tokens if token_index is None else tokens[token_index[:, 0], token_index[:, 1]]
 
     def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """[pooled, tokens] after each of the last ``n`` blocks, counted over all stages.

@@ -12,7 +12,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers import DropPath, PatchEmbed, drop_path, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -109,14 +109,23 @@ class VisionTransformer(nn.Module):
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x), dim=1)
         return x + self.interpolate_pos_encoding(grid)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                return_all_tokens: bool = False) -> torch.Tensor:
-        """Normed [CLS] (B, D), or all normed tokens (B, 1 + N, D) with ``return_all_tokens``."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, return_all_tokens: bool = False,
+                token_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Normed [CLS] (B, D); all normed tokens (B, 1 + N, D) with ``return_all_tokens``; or the
+        normed tokens at ``token_index`` (R, 2) of (image, token) pairs, token 0 being [CLS]: (R, D).
+
+        Only the tokens returned go through the last block's MLP and the final norm (its attention
+        still reads every token): the same values for less work, e.g. the student's local crops,
+        of which iBOT uses [CLS] alone, and its global crops, of which the loss reads [CLS] and the
+        masked tokens."""
+        if return_all_tokens and token_index is not None:
+            raise ValueError("give return_all_tokens or token_index, not both")
         x = self.prepare_tokens(x, mask)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x)
-        x = self.norm(x)
-        return x if return_all_tokens else x[:, 0]
+        if return_all_tokens:
+            return self.norm(self.blocks[-1](x))
+        return self.norm(block_at_tokens(self.blocks[-1], x, token_index))
 
     def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """Outputs of the last ``n`` blocks, each through the final norm: n x (B, 1 + N, D)."""
@@ -141,6 +150,37 @@ class VisionTransformer(nn.Module):
         q, k, _ = qkv.unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
         return (q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)
+
+
+def block_at_tokens(block: Block, x: torch.Tensor, token_index: torch.Tensor | None) -> torch.Tensor:
+    """``block(x)`` (B, T, D) at some tokens only: the rows ``token_index`` (R, 2) of (image, token)
+    pairs, (R, D), or [CLS] (B, D) when it is None.
+
+    The attention reads every token; the residual adds, the MLP and its norm run on the R rows.
+    Drop path draws its per-image factors with the same RNG calls as timm's ``DropPath``, so in
+    training too the result is ``block(x)`` at those rows."""
+    if token_index is None:
+        images = None
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[:, 0]
+    else:
+        images, tokens = token_index.unbind(1)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[images, tokens]
+    batch = x.shape[0]
+    attended = block.ls1(pick(block.attn(block.norm1(x))))  # (B, T, D) -> (R, D)
+    y = pick(x) + _drop_path_rows(block.drop_path1, attended, images, batch)
+    return y + _drop_path_rows(block.drop_path2, block.ls2(block.mlp(block.norm2(y))), images, batch)
+
+
+def _drop_path_rows(module: nn.Module, rows: torch.Tensor, images: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """timm's per-image drop path (B factors, drawn as it draws them) applied to rows of images ``images``."""
+    if not isinstance(module, DropPath) or not module.training or module.drop_prob == 0.0:
+        return rows
+    factor = drop_path(rows.new_ones(batch, 1), module.drop_prob, True, module.scale_by_keep)  # (B, 1)
+    return rows * (factor if images is None else factor[images])
 
 
 def init_weights(module: nn.Module) -> None:

@@ -73,7 +73,8 @@ def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiC
                 bottleneck_dim=m.head_bottleneck_dim, nlayers=m.head_nlayers)
     student = MultiCropWrapper(student_bb, IBOTHead(student_bb.embed_dim, norm_last_layer=m.norm_last_layer,
                                                     shared_head=m.shared_head, **head), masked_patches_only=True)
-    teacher = MultiCropWrapper(teacher_bb, IBOTHead(teacher_bb.embed_dim, shared_head=m.shared_head_teacher, **head))
+    teacher = MultiCropWrapper(teacher_bb, IBOTHead(teacher_bb.embed_dim, shared_head=m.shared_head_teacher, **head),
+                               masked_patches_only=True)
     missing, unexpected = teacher.load_state_dict(student.state_dict(), strict=False)
     if missing or [k for k in unexpected if "masked_embed" not in k]:
         raise RuntimeError(f"teacher/student mismatch: missing {missing}, unexpected {unexpected}")
@@ -229,17 +230,17 @@ class Pretrainer:
                 local_crops = apply_color(local_crops, batch.local_params, mean, std)
 
         with self._autocast():
-            with torch.no_grad():
-                teacher_cls, teacher_patch, _ = self.teacher_step(global_crops)
+            with torch.no_grad():  # patch targets at the masked tokens only, plus their mean for the centre
+                teacher = self.teacher_step(global_crops, mask_index=mask_index)
+            student = self.student_step(global_crops, masks, local_crops, mask_index=mask_index)
+            local_cls = student.local_cls
+            if local_cls is None:
+                local_cls = student.cls.new_zeros(0, student.cls.shape[-1])
+            losses = self.ibot_loss((student.cls, student.patch), (teacher.cls, teacher.patch, teacher.patch_mean),
+                                    local_cls, masks, epoch, mask_index)
             koleo_weight = self.cfg.loss.koleo_weight
-            student_cls, student_patch, student_local_cls, *backbone_cls = self.student_step(
-                global_crops, masks, local_crops, return_backbone_cls=koleo_weight > 0, mask_index=mask_index)
-            if student_local_cls is None:
-                student_local_cls = student_cls.new_zeros(0, student_cls.shape[-1])
-            losses = self.ibot_loss((student_cls, student_patch), (teacher_cls, teacher_patch),
-                                    student_local_cls, masks, epoch, mask_index)
             if koleo_weight > 0:  # per global crop, as DINOv2 does
-                chunks = backbone_cls[0].chunk(self.cfg.data.global_crops_number)
+                chunks = student.backbone_cls.chunk(self.cfg.data.global_crops_number)
                 losses["koleo"] = koleo_weight * sum(koleo_loss(c) for c in chunks)
                 losses["loss"] = losses["loss"] + losses["koleo"]
 

@@ -1,4 +1,7 @@
+import copy
+
 import torch
+from timm.layers import DropPath
 
 from ibot.hub import load_official_checkpoint
 from ibot.models import IBOTHead, MultiCropWrapper, swin_tiny, vit_tiny
@@ -16,21 +19,23 @@ def test_outputs_are_head_of_backbone_per_crop_kind():
     model.backbone.masked_embed.normal_()
     global_crops, local_crops = torch.randn(4, 3, 32, 32), torch.randn(6, 3, 16, 16)
     masks = torch.rand(4, 4, 4) > 0.5
-    cls, patch, local_cls = model(global_crops, masks, local_crops)
+    cls, patch, local_cls, backbone_cls, patch_mean = model(global_crops, masks, local_crops)
+    assert patch_mean is None
     assert cls.shape == (4, 16) and patch.shape == (4, 16, 12) and local_cls.shape == (6, 16)
     expected_cls, expected_patch = model.head(model.backbone(global_crops, mask=masks, return_all_tokens=True))
     torch.testing.assert_close(cls, expected_cls)
     torch.testing.assert_close(patch, expected_patch)
     torch.testing.assert_close(local_cls, model.head(model.backbone(local_crops)))
+    torch.testing.assert_close(backbone_cls, model.backbone(global_crops, mask=masks))
     # the masks reach the backbone; local crops are optional
     assert not torch.allclose(model(global_crops)[0], cls)
-    assert model(global_crops)[2] is None
+    assert model(global_crops).local_cls is None
 
 
 def test_one_backward_reaches_every_parameter():
     model = student().train()
-    cls, patch, local_cls = model(torch.randn(2, 3, 32, 32), torch.zeros(2, 4, 4, dtype=torch.bool),
-                                  torch.randn(2, 3, 16, 16))
+    cls, patch, local_cls, *_ = model(torch.randn(2, 3, 32, 32), torch.zeros(2, 4, 4, dtype=torch.bool),
+                                      torch.randn(2, 3, 16, 16))
     (cls.sum() + patch.sum() + local_cls.sum()).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
@@ -39,9 +44,13 @@ def test_one_backward_reaches_every_parameter():
 def test_swin_student_gives_pooled_and_last_stage_tokens():
     backbone = swin_tiny(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), masked_im_modeling=True)
     model = MultiCropWrapper(backbone, IBOTHead(backbone.embed_dim, 16, hidden_dim=16, bottleneck_dim=8)).eval()
-    cls, patch, local_cls = model(torch.randn(2, 3, 64, 64), torch.ones(2, 2, 2, dtype=torch.bool),
-                                  torch.randn(3, 3, 32, 32))
+    cls, patch, local_cls, *_ = model(torch.randn(2, 3, 64, 64), torch.ones(2, 2, 2, dtype=torch.bool),
+                                      torch.randn(3, 3, 32, 32))
     assert cls.shape == (2, 16) and patch.shape == (2, 4, 16) and local_cls.shape == (3, 16)
+    model.masked_patches_only = True  # packed outputs through Swin's token_index
+    masks = torch.tensor([[[True, False], [False, True]], [[False, False], [False, False]]])
+    packed = model(torch.randn(2, 3, 64, 64), masks)
+    assert packed.patch.shape == (2, 16) and packed.cls.shape == (2, 16)
 
 
 def test_official_teacher_state_dict_loads_as_is(fixtures_dir):
@@ -57,20 +66,24 @@ def test_masked_patches_only_is_exact_for_the_loss_and_skips_unmasked_tokens():
     torch.manual_seed(0)
     full = student().train()
     full.backbone.masked_embed.data.normal_()
-    sparse = student().train()
-    sparse.load_state_dict(full.state_dict())
+    full.backbone.blocks[-1].drop_path1 = DropPath(0.5)  # the packed last block draws drop path as timm does
+    full.backbone.blocks[-1].drop_path2 = DropPath(0.5)
+    sparse = copy.deepcopy(full)
     sparse.masked_patches_only = True
     global_crops, masks = torch.randn(4, 3, 32, 32), torch.rand(4, 4, 4) > 0.6
+    local_crops = torch.randn(6, 3, 16, 16)
     masks[0] = False  # an unmasked crop, as the official ratios give half the time
-    rows = []
-    sparse.head.mlp.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    head_rows, mlp_rows = [], []
+    sparse.head.mlp.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[0]))
+    sparse.backbone.blocks[-1].mlp.register_forward_hook(lambda module, args, out: mlp_rows.append(args[0].shape))
     outputs = []
     flat = masks.flatten(1)
     for model in (full, sparse):
-        cls, patch, _ = model(global_crops, masks)
+        torch.manual_seed(1)
+        cls, patch, local_cls, backbone_cls, _ = model(global_crops, masks, local_crops)
         # what the loss does with the student's patch outputs: read them at masked positions only
         masked = patch[flat] if patch.dim() == 3 else patch
-        loss = cls.square().sum() + masked.log_softmax(-1).sum()
+        loss = cls.square().sum() + masked.log_softmax(-1).sum() + local_cls.square().sum() + backbone_cls.sum()
         loss.backward()
         outputs.append((cls, patch, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (cls_a, patch_a, grads_a), (cls_b, patch_b, grads_b) = outputs
@@ -80,8 +93,29 @@ def test_masked_patches_only_is_exact_for_the_loss_and_skips_unmasked_tokens():
     assert grads_a.keys() == grads_b.keys() and "head.mlp.0.weight" in grads_a
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
-    assert rows == [4, int(flat.sum())]  # the MLP saw the [CLS] rows and the masked tokens only
-    hosted = sparse(global_crops, masks, mask_index=flat.nonzero())  # as the trainer passes it
-    torch.testing.assert_close(hosted[1], patch_b, rtol=0, atol=0)
+    assert head_rows == [4, int(flat.sum()), 6]  # the head saw the [CLS] rows and the masked tokens only
+    # the last block's MLP: [CLS] and masked tokens of the global crops, [CLS] of the local crops
+    assert [tuple(shape) for shape in mlp_rows] == [(4 + int(flat.sum()), 32), (6, 32)]
+    torch.manual_seed(1)
+    hosted = sparse(global_crops, masks, local_crops, mask_index=flat.nonzero())  # as the trainer passes it
+    torch.testing.assert_close(hosted.patch, patch_b, rtol=0, atol=0)
     sparse.eval()
-    torch.testing.assert_close(sparse(global_crops)[1], full.eval()(global_crops)[1])  # no masks: all tokens
+    torch.testing.assert_close(sparse(global_crops).patch, full.eval()(global_crops).patch)  # no masks: all tokens
+
+
+@torch.no_grad()
+def test_packed_teacher_targets_and_their_mean_match_the_dense_outputs():
+    torch.manual_seed(0)
+    teacher = student()
+    global_crops, masks = torch.randn(4, 3, 32, 32), torch.rand(4, 4, 4) > 0.6
+    masks[1] = False
+    flat = masks.flatten(1)
+    dense = teacher(global_crops)
+    teacher.masked_patches_only = True
+    packed = teacher(global_crops, mask_index=flat.nonzero())  # the teacher sees the unmasked crops
+    torch.testing.assert_close(packed.cls, dense.cls)
+    torch.testing.assert_close(packed.patch, dense.patch[flat])
+    assert packed.patch_mean.shape == (4, dense.patch.shape[-1])
+    # mean of the projections == projection of the mean feature (a linear layer): rounding apart
+    torch.testing.assert_close(packed.patch_mean, dense.patch.mean(1), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(packed.patch_mean, dense.patch[:, 0])  # really a mean over tokens

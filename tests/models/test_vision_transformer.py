@@ -123,6 +123,39 @@ def test_mask_token_gets_a_gradient_even_with_an_empty_mask():
     assert model.masked_embed.grad is not None
 
 
+def test_tokens_at_an_index_equal_all_tokens_there_with_drop_path_and_gradients():
+    """Only the returned tokens go through the last block's MLP: the same values and gradients as
+    computing every token, drop path (drawn per image as timm does) included."""
+    model = tiny(drop_path_rate=0.5).train()
+    x = torch.randn(3, 3, 32, 32)
+    index = torch.tensor([[0, 0], [1, 0], [2, 0], [0, 5], [2, 64], [2, 3]])  # (image, token); token 0 is [CLS]
+
+    def run(forward):
+        model.zero_grad()
+        torch.manual_seed(3)
+        out = forward()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    for fast, reference in [
+        (lambda: model(x, token_index=index), lambda: model(x, return_all_tokens=True)[index[:, 0], index[:, 1]]),
+        (lambda: model(x), lambda: model(x, return_all_tokens=True)[:, 0]),  # [CLS] only
+    ]:
+        (out, grads), (expected, expected_grads) = run(fast), run(reference)
+        torch.testing.assert_close(out, expected)
+        for name, grad in expected_grads.items():
+            torch.testing.assert_close(grads[name], grad, msg=name)
+    # drop path really dropped something (in training the outputs differ from evaluation's)
+    torch.manual_seed(3)
+    assert not torch.allclose(model(x, token_index=index), model.eval()(x, token_index=index))
+    mlp_rows = []
+    model.blocks[-1].mlp.register_forward_hook(lambda module, args, out: mlp_rows.append(args[0].shape[0]))
+    model(x, token_index=index), model(x)
+    assert mlp_rows == [6, 3]
+    with pytest.raises(ValueError, match="not both"):
+        model(x, return_all_tokens=True, token_index=index)
+
+
 def test_drop_path_ramps_linearly():
     model = vit_tiny(depth=3, drop_path_rate=0.2)
     assert [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.blocks] == pytest.approx([0.0, 0.1, 0.2])
