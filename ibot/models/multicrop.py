@@ -22,13 +22,21 @@ class CropOutputs(NamedTuple):
 
 def bucket_rows(m: int) -> int:
     """``m`` rounded up to a multiple of 64, past 1024 to a multiple of 1/16 of the power of two
-    below it: at most 1/16 more rows, and a count that recurs from step to step.
-
-    The number of masked tokens changes every step; kernels made per shape (oneDNN's bf16 matmuls
-    on CPU keep one per shape in a cache, torch.compile) would otherwise pile up: with the exact
-    count a bf16 CPU run's memory grew by about 12 MiB a step."""
+    below it: at most 1/16 more rows, and a count that recurs from step to step."""
     step = 64 if m <= 1024 else 1 << (m.bit_length() - 5)
     return -(-m // step) * step
+
+
+def pad_mask_index(mask_index: torch.Tensor) -> torch.Tensor:
+    """``mask_index`` (M, 2) followed by (0, 0) rows up to :func:`bucket_rows` (M) rows; the
+    outputs at the padding rows (past M) are to be dropped.
+
+    The number of masked tokens changes every step; kernels made per shape (oneDNN's bf16 matmuls
+    on CPU keep one per shape in a cache; torch.compile recompiles) would otherwise pile up: with
+    the exact count a bf16 CPU run's memory grew by about 12 MiB a step. Done on the host, before
+    the compiled or distributed forward."""
+    m = mask_index.shape[0]
+    return torch.cat((mask_index, mask_index.new_zeros(bucket_rows(m) - m, 2)))
 
 
 class MultiCropWrapper(nn.Module):
@@ -45,8 +53,8 @@ class MultiCropWrapper(nn.Module):
     (``mask_index`` given, no ``masks``: it sees the unmasked crops) the head's MLP runs on every
     token, as the centre needs their mean, but the last layer projects only the masked ones and
     that mean (``CropOutputs.patch_mean``). With the official ratios about 85% of the patch tokens
-    are unmasked; the official code projects every token of every crop. The masked rows are
-    padded to :func:`bucket_rows` for the networks, and the padding is dropped before returning.
+    are unmasked; the official code projects every token of every crop. The trainer pads
+    ``mask_index`` (:func:`pad_mask_index`) and drops the padding rows of ``patch`` itself.
     """
 
     def __init__(self, backbone: nn.Module, head: IBOTHead, masked_patches_only: bool = False) -> None:
@@ -72,22 +80,18 @@ class MultiCropWrapper(nn.Module):
             tokens = self.backbone(global_crops, mask=masks, return_all_tokens=True)  # (G*B, 1 + N, D)
             cls, patch = self.head(tokens)
             outputs = CropOutputs(cls, patch, backbone_cls=tokens[:, 0])
-        else:
-            m = mask_index.shape[0]
-            padded = torch.cat((mask_index, mask_index.new_zeros(bucket_rows(m) - m, 2)))  # rows past m: dropped
-            if masks is None:  # the teacher: targets at the tokens the student has masked
-                tokens = self.backbone(global_crops, return_all_tokens=True)
-                cls, patch, patch_mean = self.head.forward_at(tokens, padded)
-                outputs = CropOutputs(cls, patch[:m], backbone_cls=tokens[:, 0], patch_mean=patch_mean)
-            else:  # the student: [CLS] rows, then the masked tokens (token 0 is [CLS])
-                n = global_crops.shape[0]
-                images, patches = padded.unbind(1)
-                cls_rows = torch.arange(n, device=mask_index.device)
-                token_index = torch.stack((torch.cat((cls_rows, images)),
-                                           torch.cat((torch.zeros_like(cls_rows), patches + 1))), dim=1)
-                tokens = self.backbone(global_crops, mask=masks, token_index=token_index)  # (G*B + M', D)
-                patch = self.head.forward_patch(tokens[n:])[:m]
-                outputs = CropOutputs(self.head(tokens[:n]), patch, backbone_cls=tokens[:n])
+        elif masks is None:  # the teacher: targets at the tokens the student has masked
+            tokens = self.backbone(global_crops, return_all_tokens=True)
+            cls, patch, patch_mean = self.head.forward_at(tokens, mask_index)
+            outputs = CropOutputs(cls, patch, backbone_cls=tokens[:, 0], patch_mean=patch_mean)
+        else:  # the student: [CLS] rows, then the masked tokens (token 0 is [CLS])
+            n = global_crops.shape[0]
+            images, patches = mask_index.unbind(1)
+            cls_rows = torch.arange(n, device=mask_index.device)
+            token_index = torch.stack((torch.cat((cls_rows, images)),
+                                       torch.cat((torch.zeros_like(cls_rows), patches + 1))), dim=1)
+            tokens = self.backbone(global_crops, mask=masks, token_index=token_index)  # (G*B + M, D)
+            outputs = CropOutputs(self.head(tokens[:n]), self.head.forward_patch(tokens[n:]), backbone_cls=tokens[:n])
         if local_crops is not None:
             outputs = outputs._replace(local_cls=self.head(self.backbone(local_crops)))  # (L*B, D) -> (L*B, K)
         return outputs

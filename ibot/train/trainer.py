@@ -26,6 +26,7 @@ from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretr
 from ibot.data.transforms import MultiCropAugmentation
 from ibot.loss import IBOTLoss, koleo_loss
 from ibot.models import IBOTHead, MultiCropWrapper, build_backbone
+from ibot.models.multicrop import pad_mask_index
 from ibot.train import checkpoint as ckpt
 from ibot.train.distributed import DistInfo, barrier, init_distributed
 from ibot.train.ema import EMAUpdater
@@ -221,7 +222,9 @@ class Pretrainer:
                 group["weight_decay"] = self.wd_schedule[it]
         global_crops = batch.global_crops.to(self.device, non_blocking=True)
         masks = batch.masks.to(self.device, non_blocking=True)
-        mask_index = batch.masks.flatten(1).nonzero().to(self.device, non_blocking=True)  # found on the host
+        mask_index = batch.masks.flatten(1).nonzero()  # found on the host: no GPU sync
+        rows = pad_mask_index(mask_index).to(self.device, non_blocking=True)  # a recurring count for the networks
+        mask_index, m = mask_index.to(self.device, non_blocking=True), mask_index.shape[0]
         local_crops = batch.local_crops.to(self.device, non_blocking=True) if batch.local_crops is not None else None
         if batch.global_params is not None:  # uint8 crops: the colour half of the augmentation, batched here
             mean, std = self.dataset.augmentation.mean, self.dataset.augmentation.std
@@ -231,12 +234,14 @@ class Pretrainer:
 
         with self._autocast():
             with torch.no_grad():  # patch targets at the masked tokens only, plus their mean for the centre
-                teacher = self.teacher_step(global_crops, mask_index=mask_index)
-            student = self.student_step(global_crops, masks, local_crops, mask_index=mask_index)
+                teacher = self.teacher_step(global_crops, mask_index=rows)
+            student = self.student_step(global_crops, masks, local_crops, mask_index=rows)
             local_cls = student.local_cls
             if local_cls is None:
                 local_cls = student.cls.new_zeros(0, student.cls.shape[-1])
-            losses = self.ibot_loss((student.cls, student.patch), (teacher.cls, teacher.patch, teacher.patch_mean),
+            # packed patch rows past m are padding (dense ones, of a plain wrapper, are read at the masks)
+            student_patch, teacher_patch = (p[:m] if p.dim() == 2 else p for p in (student.patch, teacher.patch))
+            losses = self.ibot_loss((student.cls, student_patch), (teacher.cls, teacher_patch, teacher.patch_mean),
                                     local_cls, masks, epoch, mask_index)
             koleo_weight = self.cfg.loss.koleo_weight
             if koleo_weight > 0:  # per global crop, as DINOv2 does

@@ -5,7 +5,7 @@ from timm.layers import DropPath
 
 from ibot.hub import load_official_checkpoint
 from ibot.models import IBOTHead, MultiCropWrapper, swin_tiny, vit_tiny
-from ibot.models.multicrop import bucket_rows
+from ibot.models.multicrop import bucket_rows, pad_mask_index
 
 
 def student(**head_kwargs):
@@ -94,14 +94,16 @@ def test_masked_patches_only_is_exact_for_the_loss_and_skips_unmasked_tokens():
     assert grads_a.keys() == grads_b.keys() and "head.mlp.0.weight" in grads_a
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
-    # the head saw the masked tokens (padded to a recurring count), the [CLS] rows and the local [CLS]
-    padded = bucket_rows(int(flat.sum()))
-    assert head_rows == [padded, 4, 6] and padded > int(flat.sum())
+    assert head_rows == [4, int(flat.sum()), 6]  # the head saw the [CLS] rows, the masked tokens, the local [CLS]
     # the last block's MLP: [CLS] and masked tokens of the global crops, [CLS] of the local crops
-    assert [tuple(shape) for shape in mlp_rows] == [(4 + padded, 32), (6, 32)]
+    assert [tuple(shape) for shape in mlp_rows] == [(4 + int(flat.sum()), 32), (6, 32)]
     torch.manual_seed(1)
     hosted = sparse(global_crops, masks, local_crops, mask_index=flat.nonzero())  # as the trainer passes it
     torch.testing.assert_close(hosted.patch, patch_b, rtol=0, atol=0)
+    torch.manual_seed(1)
+    padded = sparse(global_crops, masks, local_crops, mask_index=pad_mask_index(flat.nonzero()))  # as the trainer
+    assert padded.patch.shape[0] == bucket_rows(int(flat.sum())) > int(flat.sum())
+    torch.testing.assert_close(padded.patch[:int(flat.sum())], patch_b)  # the padding rows come last
     sparse.eval()
     torch.testing.assert_close(sparse(global_crops).patch, full.eval()(global_crops).patch)  # no masks: all tokens
 
@@ -130,3 +132,6 @@ def test_bucket_rows_pads_little_and_recurs():
     padded = [bucket_rows(m) for m in counts]
     assert all(m <= p <= m * 1.0625 for m, p in zip(counts, padded))
     assert len(set(padded)) <= 40  # shapes recur, so per-shape kernel caches stay bounded
+    index = torch.tensor([[1, 2], [3, 4]])
+    assert pad_mask_index(index).tolist() == [[1, 2], [3, 4]] + [[0, 0]] * 62
+    assert pad_mask_index(index[:0]).shape == (0, 2)
