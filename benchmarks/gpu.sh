@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU measurements of issue 5 in one run, for a lent H100/H200 (its image has torch, timm,
+# safetensors, scikit-learn): ours and the official ViT-S/16 step side by side, ours compiled, the
+# full step fed by 16 data-loader workers, then the batched colour step on the GPU. About 5 minutes
+# on an H200. Results (JSON and logs) go to $OUT, or benchmarks/results without it.
+#
+#   OFFICIAL=/path/to/bytedance-ibot-checkout bash benchmarks/gpu.sh
+#
+# The official code is measured, never committed: see benchmarks/README.md ("On a GPU").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-benchmarks/results}
+official=${OFFICIAL:-.official_ibot}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+
+nvidia-smi -L 2>&1 | tee "$out/gpu_machine.log"
+"$python" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" \
+    2>&1 | tee -a "$out/gpu_machine.log"
+
+status=0
+"$python" benchmarks/pretrain.py --device cuda --settings vit_small --official-repo "$official" \
+    --vit-batch 64 --workers 16 --steps 20 --warmup 5 --repeats 1 \
+    --ours bf16:run.precision=bf16 --ours compiled:run.precision=bf16,run.compile=true \
+    --out "$out/pretrain_gpu.json" 2>&1 | tee "$out/pretrain_gpu.log" || status=1
+"$python" benchmarks/augment.py --colour-device cuda --out "$out/augment_gpu.json" 2>&1 \
+    | tee "$out/augment_gpu.log" || status=1
+exit $status
