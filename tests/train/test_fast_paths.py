@@ -49,7 +49,8 @@ def test_plain_and_fast_paths_give_the_same_losses(tmp_path, image_folder, monke
             module.fused_attn = False  # explicit softmax(QK^T)V instead of scaled_dot_product_attention
     for group in plain_trainer.optimizer.param_groups:
         group["foreach"] = False
-    # every token through the last block and the heads, the loss reading them at the masks (official)
+    # every global-crop token through the last block and the heads, read at the masks by the loss (official;
+    # the local crops' [CLS]-only last block is checked against all tokens in test_vision_transformer.py)
     plain_trainer.student.masked_patches_only = plain_trainer.teacher.masked_patches_only = False
     plain = _losses(plain_trainer.fit())
     assert len(fast) == len(plain) == 4
