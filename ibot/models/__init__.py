@@ -20,6 +20,15 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def use_explicit_attention(*models: nn.Module) -> None:
+    """Run every timm attention layer in ``models`` as the explicit ``softmax(q k^T / sqrt(d)) v``
+    instead of ``scaled_dot_product_attention`` (timm's ``fused_attn``): the same maths."""
+    for model in models:
+        for module in model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = False
+
+
 def build_backbone(arch: str, patch_size: int | None = None, **kwargs) -> nn.Module:
     """Backbone ``arch`` (one of ``BACKBONES``) with ``patch_size`` (None: 16 for ViT, 4 for Swin).
 
@@ -44,6 +53,7 @@ __all__ = [
     "WeightNormLinear",
     "build_backbone",
     "swin_tiny",
+    "use_explicit_attention",
     "vit_base",
     "vit_large",
     "vit_small",

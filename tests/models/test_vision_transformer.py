@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ibot.hub import load_backbone
-from ibot.models import build_backbone, vit_base, vit_large, vit_small, vit_tiny
+from ibot.models import build_backbone, use_explicit_attention, vit_base, vit_large, vit_small, vit_tiny
 
 ATOL = 1e-5  # float32 CPU, official vs ours: observed differences are ~3e-6
 
@@ -154,6 +154,17 @@ def test_tokens_at_an_index_equal_all_tokens_there_with_drop_path_and_gradients(
     assert mlp_rows == [6, 3]
     with pytest.raises(ValueError, match="not both"):
         model(x, return_all_tokens=True, token_index=index)
+
+
+@torch.no_grad()
+def test_explicit_attention_gives_the_same_tokens():
+    model = tiny()
+    x = torch.randn(2, 3, 32, 32)
+    fused = model(x, return_all_tokens=True)
+    assert all(block.attn.fused_attn for block in model.blocks)  # timm's default here: SDPA
+    use_explicit_attention(model)
+    assert not any(block.attn.fused_attn for block in model.blocks)
+    torch.testing.assert_close(model(x, return_all_tokens=True), fused)
 
 
 def test_drop_path_ramps_linearly():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ibot.models import use_explicit_attention
 from ibot.train import trainer as trainer_module
 from ibot.train.trainer import Pretrainer
 from tests.train.helpers import tiny_config
@@ -44,9 +45,7 @@ def test_plain_and_fast_paths_give_the_same_losses(tmp_path, image_folder, monke
     monkeypatch.setattr(trainer_module, "EMAUpdater", LoopEMA)
     monkeypatch.setattr(trainer_module, "clip_gradients_per_param", loop_clip)
     plain_trainer = Pretrainer(tiny_config(tmp_path / "plain", image_folder, *steps, "optim.fused=false"))
-    for module in [*plain_trainer.student.modules(), *plain_trainer.teacher.modules()]:
-        if hasattr(module, "fused_attn"):
-            module.fused_attn = False  # explicit softmax(QK^T)V instead of scaled_dot_product_attention
+    use_explicit_attention(plain_trainer.student, plain_trainer.teacher)  # instead of scaled_dot_product_attention
     for group in plain_trainer.optimizer.param_groups:
         group["foreach"] = False
     # every global-crop token through the last block and the heads, read at the masks by the loss (official;
