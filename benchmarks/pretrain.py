@@ -55,6 +55,7 @@ import torch
 from ibot.config import PretrainConfig, resolve_config
 from ibot.data.masking import MaskGenerator
 from ibot.data.pretrain import PretrainBatch
+from ibot.models import use_explicit_attention
 
 SETTINGS = {"cpu": "cpu", "vit_small": "vit_small_16"}
 
@@ -159,9 +160,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
               "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(trainer.amp_dtype, "fp32"),
               "params": sum(p.numel() for p in trainer.student.parameters())}
     if spec["mode"] == "model" and not cfg.run.compile:
-        for module in (*trainer.student.modules(), *trainer.teacher.modules()):
-            if hasattr(module, "fused_attn"):
-                module.fused_attn = False  # the counter does not see inside the fused kernel
+        use_explicit_attention(trainer.student, trainer.teacher)  # the counter does not see inside the fused kernel
         first = synthetic_batches(cfg, 1, epoch)[0]
         result["gflop_per_image"] = _gflop_per_image(lambda: trainer.train_step(first, epoch, it0), batch)
     if spec["mode"] == "loader":
@@ -285,24 +284,22 @@ def run_official(spec: dict[str, Any]) -> dict[str, Any]:
                  official.utils.cosine_scheduler(o.momentum_teacher, 1, o.epochs, n)]
     args = argparse.Namespace(global_crops_number=g, clip_grad=o.clip_grad, freeze_last_layer=o.freeze_last_layer,
                               epochs=o.epochs, use_masked_im_modeling=True)
+
+    def train(batches) -> None:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # its metric logger prints
+            official.main.train_one_epoch(_NoDDP(student), teacher, teacher, ibot_loss, batches, optimizer,
+                                          *(s[shift:] for s in schedules), epoch, scaler, args)
+
     torch.manual_seed(cfg.run.seed + 1000)
     setup_rss = _common.current_rss_mb()
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # its metric logger prints
-        official.main.train_one_epoch(_NoDDP(student), teacher, teacher, ibot_loss, data, optimizer,
-                                      *(s[shift:] for s in schedules), epoch, scaler, args)
+    train(data)
     stamps, cpu = data.stamps, data.cpu_stamps
     wall = stamps[warmup + steps] - stamps[warmup]
     result = {**_speed(wall, cpu[warmup + steps] - cpu[warmup], steps, batch), "precision": "fp32" if scaler is None
               else "fp16", "step_times": [stamps[i + 1] - stamps[i] for i in range(warmup, warmup + steps)],
               "losses": [float(x) for x in losses], "setup_rss_mb": setup_rss, **_memory(device),
               "params": sum(p.numel() for p in student.parameters())}
-
-    def first_step() -> None:
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            official.main.train_one_epoch(_NoDDP(student), teacher, teacher, ibot_loss, data.batches[:1], optimizer,
-                                          *(s[shift:] for s in schedules), epoch, scaler, args)
-
-    result["gflop_per_image"] = _gflop_per_image(first_step, batch)
+    result["gflop_per_image"] = _gflop_per_image(lambda: train(data.batches[:1]), batch)
     return result
 
 

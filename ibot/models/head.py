@@ -88,16 +88,20 @@ class IBOTHead(nn.Module):
         else:
             self.last_layer2 = WeightNormLinear(bottleneck_dim, patch_out_dim, freeze_g=norm_last_layer)
 
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (..., D) -> the MLP's output on the unit sphere (..., bottleneck_dim)."""
+        return F.normalize(self.mlp(x), dim=-1, p=2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """[CLS] (B, D) -> (B, out_dim); tokens (B, 1 + N, D) -> ((B, out_dim), (B, N, patch_out_dim))."""
-        x = F.normalize(self.mlp(x), dim=-1, p=2)  # (..., D) -> (..., bottleneck), unit norm
+        x = self.bottleneck(x)
         if x.dim() == 2:
             return self.last_layer(x)
         return self.last_layer(x[:, 0]), self.last_layer2(x[:, 1:])
 
     def forward_patch(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens (..., D) -> (..., patch_out_dim), without a [CLS] row."""
-        return self.last_layer2(F.normalize(self.mlp(x), dim=-1, p=2))
+        return self.last_layer2(self.bottleneck(x))
 
     def forward_at(self, x: torch.Tensor, patch_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Tokens (B, 1 + N, D) -> [CLS] (B, out_dim), the patch outputs at ``patch_index`` (M, 2)
@@ -107,7 +111,7 @@ class IBOTHead(nn.Module):
         The teacher's case: the loss reads its patch outputs at the student's masked tokens, and
         the centre their mean over all tokens, which is ``last_layer2`` of the mean normalised
         feature since that layer is linear: the (N, patch_out_dim) projection is never formed."""
-        x = F.normalize(self.mlp(x), dim=-1, p=2)  # (B, 1 + N, bottleneck)
+        x = self.bottleneck(x)  # (B, 1 + N, bottleneck)
         images, patches = patch_index.unbind(1)
         return self.last_layer(x[:, 0]), self.last_layer2(x[images, patches + 1]), self.last_layer2(x[:, 1:].mean(1))
 

@@ -25,7 +25,7 @@ from ibot.data.masking import MaskGenerator
 from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretrain
 from ibot.data.transforms import MultiCropAugmentation
 from ibot.loss import IBOTLoss, koleo_loss
-from ibot.models import IBOTHead, MultiCropWrapper, build_backbone
+from ibot.models import IBOTHead, MultiCropWrapper, build_backbone, use_explicit_attention
 from ibot.models.multicrop import pad_mask_index
 from ibot.train import checkpoint as ckpt
 from ibot.train.distributed import DistInfo, barrier, init_distributed
@@ -104,9 +104,7 @@ class Pretrainer:
         if self.device.type == "cpu" and self.amp_dtype is not None:
             # measured (benchmarks/README.md): ATen's CPU flash-attention backward is slow in bf16,
             # while the explicit softmax(QK^T)V runs on AMX matmuls; same maths
-            for module in (*self.student.modules(), *self.teacher.modules()):
-                if hasattr(module, "fused_attn"):
-                    module.fused_attn = False
+            use_explicit_attention(self.student, self.teacher)
         # ``student``/``teacher`` hold the weights; ``student_step``/``teacher_step`` run the forward
         # (through DDP and torch.compile when enabled)
         self.student_step: nn.Module = self.student
@@ -223,8 +221,8 @@ class Pretrainer:
         global_crops = batch.global_crops.to(self.device, non_blocking=True)
         masks = batch.masks.to(self.device, non_blocking=True)
         mask_index = batch.masks.flatten(1).nonzero()  # found on the host: no GPU sync
+        m = mask_index.shape[0]
         rows = pad_mask_index(mask_index).to(self.device, non_blocking=True)  # a recurring count for the networks
-        mask_index, m = mask_index.to(self.device, non_blocking=True), mask_index.shape[0]
         local_crops = batch.local_crops.to(self.device, non_blocking=True) if batch.local_crops is not None else None
         if batch.global_params is not None:  # uint8 crops: the colour half of the augmentation, batched here
             mean, std = self.dataset.augmentation.mean, self.dataset.augmentation.std
@@ -236,13 +234,10 @@ class Pretrainer:
             with torch.no_grad():  # patch targets at the masked tokens only, plus their mean for the centre
                 teacher = self.teacher_step(global_crops, mask_index=rows)
             student = self.student_step(global_crops, masks, local_crops, mask_index=rows)
-            local_cls = student.local_cls
-            if local_cls is None:
-                local_cls = student.cls.new_zeros(0, student.cls.shape[-1])
             # packed patch rows past m are padding (dense ones, of a plain wrapper, are read at the masks)
             student_patch, teacher_patch = (p[:m] if p.dim() == 2 else p for p in (student.patch, teacher.patch))
             losses = self.ibot_loss((student.cls, student_patch), (teacher.cls, teacher_patch, teacher.patch_mean),
-                                    local_cls, masks, epoch, mask_index)
+                                    student.local_cls, masks, epoch, rows[:m])
             koleo_weight = self.cfg.loss.koleo_weight
             if koleo_weight > 0:  # per global crop, as DINOv2 does
                 chunks = student.backbone_cls.chunk(self.cfg.data.global_crops_number)
