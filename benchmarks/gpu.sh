@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements of issue 5 in one run, for a lent H100/H200 (its image has torch, timm,
-# safetensors, scikit-learn): ours and the official ViT-S/16 step side by side, ours compiled, the
+# The GPU measurements in one run, for an H100/H200 (needs torch, timm, safetensors,
+# scikit-learn): ours and the official ViT-S/16 step side by side, ours compiled, the
 # full step fed by 16 data-loader workers, then the batched colour step on the GPU. About 5 minutes
 # on an H200. Results (JSON and logs) go to $OUT, or benchmarks/results without it.
 #
