@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from ibot.cli import main, out_of_memory_message, shorten_lists
 from ibot.commands import COMMANDS, load_all
 from tests.visualize.helpers import noise_image, tiny_checkpoint
 
-OFFICIAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official"
 CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
            "allocate 100000000000000 bytes. Error code 12 (Cannot allocate memory)")
 GPU_OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB of which 1.2 GiB "
@@ -76,10 +74,8 @@ def test_our_checkpoint_with_another_arch(image, tmp_path, capsys):
     assert "holds a vit_tiny/4 backbone, but --arch/--patch-size say vit_base/4" in line
 
 
-def test_official_checkpoint_of_another_arch(image, capsys):
-    path = OFFICIAL / "vit_checkpoint_teacher.pth"  # a depth-3 ViT: vit_small expects 12 blocks
-    if not path.is_file():
-        pytest.skip(f"official fixtures not found at {OFFICIAL.resolve()}")
+def test_official_checkpoint_of_another_arch(image, capsys, fixtures_dir):
+    path = fixtures_dir / "vit_checkpoint_teacher.pth"  # a depth-3 ViT: vit_small expects 12 blocks
     line = one_line_error(["visualize", "attention", image, "-c", str(path), "--arch", "vit_small"], capsys)
     assert "does not match VisionTransformer: missing keys" in line and "more)]" in line and len(line) < 600
     assert "official .pth file with its --arch" in line

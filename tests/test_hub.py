@@ -7,8 +7,6 @@ from ibot.hub import load_backbone, load_head, load_official_checkpoint
 from ibot.models import IBOTHead, MultiCropWrapper, swin_tiny, vit_tiny
 from ibot.train.checkpoint import save_checkpoint
 
-HEAD = dict(in_dim=192, out_dim=512, patch_out_dim=512, hidden_dim=256, bottleneck_dim=64, shared_head=True)
-
 
 class RunsCode:
     """A pickle payload that would create ``marker`` when unpickled."""
@@ -24,19 +22,19 @@ def small_vit(**kwargs):
     return vit_tiny(patch_size=8, img_size=32, embed_dim=32, depth=1, num_heads=2, **kwargs)
 
 
-def test_official_formats_and_keys(fixtures_dir):
-    backbone_only = load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", depth=3)
-    teacher = load_backbone(fixtures_dir / "vit_full_checkpoint.pth", arch="vit_tiny", depth=3, key="teacher")
-    student = load_backbone(fixtures_dir / "vit_full_checkpoint.pth", arch="vit_tiny", depth=3, key="student")
+def test_official_formats_and_keys(fixtures_dir, official_vit):
+    backbone_only = load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", **official_vit)
+    teacher = load_backbone(fixtures_dir / "vit_full_checkpoint.pth", arch="vit_tiny", key="teacher", **official_vit)
+    student = load_backbone(fixtures_dir / "vit_full_checkpoint.pth", arch="vit_tiny", key="student", **official_vit)
     assert not backbone_only.training and not student.training
     for name, value in backbone_only.state_dict().items():
         assert torch.equal(value, teacher.state_dict()[name]), name
     assert not hasattr(teacher, "masked_embed") and hasattr(student, "masked_embed")
     assert not torch.equal(student.norm.weight, teacher.norm.weight)
     # a teacher file has no mask token: asking for one leaves it at zero
-    masked = load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", depth=3,
-                           masked_im_modeling=True)
-    assert torch.equal(masked.masked_embed, torch.zeros(1, 192))
+    masked = load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", masked_im_modeling=True,
+                           **official_vit)
+    assert torch.equal(masked.masked_embed, torch.zeros(1, official_vit["embed_dim"]))
     backbone_state, head_state = load_official_checkpoint(fixtures_dir / "vit_full_checkpoint.pth", "student")
     assert "masked_embed" in backbone_state and "last_layer2.weight_v" in head_state
     assert not any(k.startswith(("module.", "backbone.", "head.")) for k in backbone_state | head_state)
@@ -106,20 +104,21 @@ def test_official_swin_file_with_derived_buffers(tmp_path):
         torch.testing.assert_close(loaded(x), model(x))
 
 
-def test_a_head_that_is_not_shared_is_not_loaded_as_shared(tmp_path, fixtures_dir):
+def test_a_head_that_is_not_shared_is_not_loaded_as_shared(tmp_path, fixtures_dir, official_head):
     _, head_state = load_official_checkpoint(fixtures_dir / "vit_full_checkpoint.pth", "teacher")
     head_state["last_layer2.weight_v"] = head_state["last_layer2.weight_v"] + 1
     torch.save({"teacher": {f"head.{k}": v for k, v in head_state.items()}}, tmp_path / "unshared.pth")
     with pytest.raises(ValueError, match="not shared"):
-        load_head(tmp_path / "unshared.pth", **HEAD)
-    assert load_head(tmp_path / "unshared.pth", **{**HEAD, "shared_head": False}).last_layer2 is not None
+        load_head(tmp_path / "unshared.pth", **official_head)
+    assert load_head(tmp_path / "unshared.pth", **{**official_head, "shared_head": False}).last_layer2 is not None
 
 
-def test_top_level_load_backbone_with_the_issue_signature(fixtures_dir):
+def test_top_level_load_backbone_with_the_issue_signature(fixtures_dir, official_arch, official_vit):
     import ibot
 
     reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
-    backbone = ibot.load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", patch_size=16, depth=3)
+    backbone = ibot.load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny",
+                                  patch_size=official_arch["patch_size"], **official_vit)
     with torch.no_grad():
-        tokens = backbone(reference["x224"], return_all_tokens=True)
-    torch.testing.assert_close(tokens, reference["tokens224"], rtol=0, atol=1e-5)
+        tokens = backbone(reference["x_global"], return_all_tokens=True)
+    torch.testing.assert_close(tokens, reference["tokens_global"], rtol=0, atol=1e-5)

@@ -98,7 +98,7 @@ def load_backbone(path: str | Path, key: str = "teacher", arch: str | None = Non
 
     backbone = hub.load_backbone(path, arch, patch_size, key=key, **overrides)
     patch_size = patch_size or backbone.patch_size
-    image_size = overrides.get("img_size", OFFICIAL_IMAGE_SIZE)
+    image_size = int(getattr(backbone.patch_embed, "img_size", (OFFICIAL_IMAGE_SIZE,))[0])  # its pos_embed's size
     kwargs = {k: v for k, v in overrides.items() if k not in ("drop_path_rate", "masked_im_modeling")}
     return LoadedBackbone(backbone.eval(), arch, patch_size, image_size, path, key, build_kwargs=kwargs)
 

@@ -18,7 +18,12 @@ from ibot.train.checkpoint import load_checkpoint, strip_prefix
 from ibot.train.trainer import build_student_teacher
 from tests.test_export import write_tiny_checkpoint
 
-VIT = ["--arch", "vit_tiny", "--depth", "3"]  # the fixtures' model: ViT-Ti/16 with 3 blocks
+
+
+@pytest.fixture
+def vit_options(official_vit) -> list[str]:
+    """``--arch vit_tiny`` with the fixtures' sizes (a small ViT/16)."""
+    return ["--arch", "vit_tiny", *(f"--{key.replace('_', '-')}={value}" for key, value in official_vit.items())]
 
 
 def _one_error_line(capsys) -> str:
@@ -28,20 +33,22 @@ def _one_error_line(capsys) -> str:
 
 
 # ------------------------------------------------------------------------------ convert
-def test_convert_full_checkpoint_keeps_both_networks_and_centres(fixtures_dir, tmp_path):
+def test_convert_full_checkpoint_keeps_both_networks_and_centres(fixtures_dir, tmp_path, vit_options, official_arch,
+                                                                  official_vit):
     src = fixtures_dir / "vit_full_checkpoint.pth"
     out = tmp_path / "converted.safetensors"
-    assert main(["convert", str(src), str(out), *VIT]) == 0
+    assert main(["convert", str(src), str(out), *vit_options]) == 0
     reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
+    x = reference["x_global"]
     for key in ("teacher", "student"):
         ours = load_backbone(out, key=key)
-        official = hub.load_backbone(src, "vit_tiny", 16, key=key, depth=3)
+        official = hub.load_backbone(src, "vit_tiny", official_arch["patch_size"], key=key, **official_vit)
         with torch.no_grad():
-            got = ours.backbone(reference["x224"], return_all_tokens=True)
-            torch.testing.assert_close(got, official(reference["x224"], return_all_tokens=True), atol=0, rtol=0)
+            got = ours.backbone(x, return_all_tokens=True)
+            torch.testing.assert_close(got, official(x, return_all_tokens=True), atol=0, rtol=0)
     with torch.no_grad():  # and the official teacher's outputs, as the parity tests of ibot.hub
-        torch.testing.assert_close(load_backbone(out).backbone(reference["x224"], return_all_tokens=True),
-                                   reference["tokens224"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(load_backbone(out).backbone(x, return_all_tokens=True),
+                                   reference["tokens_global"], atol=1e-5, rtol=0)
 
     tensors, meta = load_checkpoint(out)
     raw = hub.safe_torch_load(src)
@@ -51,29 +58,36 @@ def test_convert_full_checkpoint_keeps_both_networks_and_centres(fixtures_dir, t
     assert "student.backbone.masked_embed" in tensors and "teacher.backbone.masked_embed" not in tensors
     assert meta["epoch"] == raw["epoch"] and meta["step_in_epoch"] == 0
     cfg = config_from_dict(meta["config"])
-    assert (cfg.model.arch, cfg.model.patch_size, cfg.model.depth, cfg.model.out_dim) == ("vit_tiny", 16, 3, 512)
-    assert (cfg.model.head_hidden_dim, cfg.model.head_bottleneck_dim, cfg.model.shared_head) == (256, 64, True)
-    assert cfg.optim.epochs == 10 and cfg.loss.teacher_temp == 0.07  # from the official args
+    a = official_arch
+    assert (cfg.model.arch, cfg.model.patch_size, cfg.model.img_size) == ("vit_tiny", a["patch_size"], a["img_size"])
+    assert {key: getattr(cfg.model, key) for key in official_vit} == official_vit
+    assert (cfg.model.out_dim, cfg.model.patch_out_dim) == (a["out_dim"], a["patch_out_dim"])
+    assert (cfg.model.head_hidden_dim, cfg.model.head_bottleneck_dim) == (a["hidden_dim"], a["bottleneck_dim"])
+    assert cfg.model.shared_head is True and cfg.model.norm_last_layer is False
+    args = raw["args"]  # the official Namespace
+    assert (cfg.optim.epochs, cfg.loss.teacher_temp, cfg.mask.pred_start_epoch) == (
+        args.epochs, args.teacher_temp, args.pred_start_epoch)
+    assert cfg.data.local_crops_number == args.local_crops_number
     student, teacher = build_student_teacher(cfg)  # what pre-training builds from that config
     student.load_state_dict(strip_prefix("student.", tensors))
     teacher.load_state_dict(strip_prefix("teacher.", tensors))
 
 
-def test_convert_backbone_only_file(fixtures_dir, tmp_path):
+def test_convert_backbone_only_file(fixtures_dir, tmp_path, vit_options):
     out = tmp_path / "backbone.safetensors"
-    assert main(["convert", str(fixtures_dir / "vit_checkpoint_teacher.pth"), str(out), *VIT]) == 0
+    assert main(["convert", str(fixtures_dir / "vit_checkpoint_teacher.pth"), str(out), *vit_options]) == 0
     tensors, meta = load_checkpoint(out)
     assert tensors and all(k.startswith("teacher.backbone.") for k in tensors)
     reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
     with torch.no_grad():
-        got = load_backbone(out).backbone(reference["x96"], return_all_tokens=True)
-    torch.testing.assert_close(got, reference["tokens96"], atol=1e-5, rtol=0)
+        got = load_backbone(out).backbone(reference["x_local"], return_all_tokens=True)
+    torch.testing.assert_close(got, reference["tokens_local"], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("extra, message", [
     ([], "--arch"),  # the fixture's args say 'vit_custom'
     (["--arch", "vit_tiny"], "missing keys (108) ['blocks.10."),  # 12 blocks expected, 3 in the file
-    (["--arch", "vit_small", "--depth", "3"], "does not fit"),
+    (["--arch", "vit_small", "--depth", "3"], "does not fit"),  # 384 wide, the file 64
 ])
 def test_convert_mismatch_is_one_line_error(fixtures_dir, tmp_path, capsys, extra, message):
     src = fixtures_dir / "vit_full_checkpoint.pth"

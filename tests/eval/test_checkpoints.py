@@ -45,18 +45,17 @@ def test_head_of_our_checkpoint(tiny_run):
     assert infer_head_kwargs({k[len("teacher.head."):]: v for k, v in tensors.items()})["hidden_dim"] == 32
 
 
-def test_official_checkpoints_give_the_official_outputs(fixtures_dir):
+def test_official_checkpoints_give_the_official_outputs(fixtures_dir, official_arch, official_vit):
     ref = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
-    sizes = {k: ref["arch"][k] for k in ("depth", "embed_dim", "num_heads")}
-    loaded = load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", **sizes)
-    assert loaded.patch_size == 16 and loaded.image_size == 224
+    loaded = load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", **official_vit)
+    assert (loaded.patch_size, loaded.image_size) == (official_arch["patch_size"], official_arch["img_size"])
     with torch.no_grad():
-        torch.testing.assert_close(loaded.backbone(ref["x224"]), ref["tokens224"][:, 0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(loaded.backbone(ref["x_global"]), ref["tokens_global"][:, 0], rtol=1e-4, atol=1e-4)
         # linear-probe features of 2 blocks = the official get_intermediate_layers(x, 2) [CLS] tokens
-        features = LinearFeatures(loaded.backbone, n_last_blocks=2, avgpool=0)(ref["x224"])
+        features = LinearFeatures(loaded.backbone, n_last_blocks=2, avgpool=0)(ref["x_global"])
         cls_per_block = ref["intermediate_n2"][:, :, 0]  # (blocks, B, D)
         torch.testing.assert_close(features, cls_per_block.transpose(0, 1).flatten(1), rtol=1e-4, atol=1e-4)
         head = load_head(fixtures_dir / "vit_full_checkpoint.pth", "teacher")
-        torch.testing.assert_close(head(ref["tokens224"][:, 0]), ref["teacher_head_cls"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(head(ref["tokens_global"][:, 0]), ref["teacher_head_cls"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="backbone-only"):
         load_head(fixtures_dir / "vit_checkpoint_teacher.pth")

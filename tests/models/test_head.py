@@ -79,10 +79,9 @@ def test_mlp_layout_init_and_options():
 
 
 @torch.no_grad()
-def test_teacher_head_matches_official(fixtures_dir):
+def test_teacher_head_matches_official(fixtures_dir, official_head):
     reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
-    head = load_head(fixtures_dir / "vit_full_checkpoint.pth", key="teacher", in_dim=192, out_dim=512,
-                     patch_out_dim=512, hidden_dim=256, bottleneck_dim=64, shared_head=True)
-    cls, patch = head(reference["tokens224"])
+    head = load_head(fixtures_dir / "vit_full_checkpoint.pth", key="teacher", **official_head)
+    cls, patch = head(reference["tokens_global"])
     torch.testing.assert_close(cls, reference["teacher_head_cls"], atol=1e-5, rtol=0)
     torch.testing.assert_close(patch, reference["teacher_head_patch"], atol=1e-5, rtol=0)

@@ -54,11 +54,12 @@ def test_swin_student_gives_pooled_and_last_stage_tokens():
     assert packed.patch.shape == (2, 16) and packed.cls.shape == (2, 16)
 
 
-def test_official_teacher_state_dict_loads_as_is(fixtures_dir):
+def test_official_teacher_state_dict_loads_as_is(fixtures_dir, official_arch, official_vit, official_head):
     # the official teacher is MultiCropWrapper(backbone, head): keys backbone.* and head.*
     backbone_state, head_state = load_official_checkpoint(fixtures_dir / "vit_full_checkpoint.pth", "teacher")
     state = {f"backbone.{k}": v for k, v in backbone_state.items()} | {f"head.{k}": v for k, v in head_state.items()}
-    model = MultiCropWrapper(vit_tiny(depth=3), IBOTHead(192, 512, hidden_dim=256, bottleneck_dim=64, shared_head=True))
+    backbone = vit_tiny(patch_size=official_arch["patch_size"], img_size=official_arch["img_size"], **official_vit)
+    model = MultiCropWrapper(backbone, IBOTHead(**official_head))
     model.load_state_dict(state, strict=True)
     assert set(model.state_dict()) == set(state)
 

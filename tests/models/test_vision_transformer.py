@@ -13,8 +13,9 @@ def reference(fixtures_dir):
 
 
 @pytest.fixture(scope="module")
-def teacher(fixtures_dir):
-    return load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", patch_size=16, depth=3)
+def teacher(fixtures_dir, official_arch, official_vit):
+    return load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny",
+                         patch_size=official_arch["patch_size"], **official_vit)
 
 
 def tiny(**kwargs):
@@ -23,32 +24,32 @@ def tiny(**kwargs):
 
 # ------------------------------------------------------------------ parity with the official code
 @torch.no_grad()
-def test_all_tokens_match_official_at_224_and_96(reference, teacher):
-    # 96 px needs the DINO-style interpolated position embedding
-    for size in (224, 96):
-        out = teacher(reference[f"x{size}"], return_all_tokens=True)
-        torch.testing.assert_close(out, reference[f"tokens{size}"], atol=ATOL, rtol=0)
-    torch.testing.assert_close(teacher(reference["x224"]), reference["tokens224"][:, 0], atol=ATOL, rtol=0)
+def test_all_tokens_match_official_at_the_global_and_a_local_size(reference, teacher, official_arch):
+    # the local size needs the DINO-style interpolated position embedding (a non-integer factor)
+    assert reference["x_local"].shape[-1] == official_arch["local_size"] != official_arch["img_size"]
+    for crop in ("global", "local"):
+        out = teacher(reference[f"x_{crop}"], return_all_tokens=True)
+        torch.testing.assert_close(out, reference[f"tokens_{crop}"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(teacher(reference["x_global"]), reference["tokens_global"][:, 0], atol=ATOL, rtol=0)
 
 
 @torch.no_grad()
 def test_last_selfattention_matches_official(reference, teacher):
-    attn = teacher.get_last_selfattention(reference["x224"])
-    assert attn.shape == (2, 3, 197, 197)
-    torch.testing.assert_close(attn[:, :, 0], reference["last_attn_cls_row"], atol=ATOL, rtol=0)
+    attn = teacher.get_last_selfattention(reference["x_global"])
+    torch.testing.assert_close(attn, reference["last_attn"], atol=ATOL, rtol=0)
 
 
 @torch.no_grad()
 def test_intermediate_layers_match_official(reference, teacher):
-    layers = teacher.get_intermediate_layers(reference["x224"], n=2)
+    layers = teacher.get_intermediate_layers(reference["x_global"], n=2)
     torch.testing.assert_close(torch.stack(layers), reference["intermediate_n2"], atol=ATOL, rtol=0)
 
 
 @torch.no_grad()
-def test_masked_student_matches_official(reference, fixtures_dir):
-    student = load_backbone(fixtures_dir / "vit_full_checkpoint.pth", arch="vit_tiny", depth=3, key="student")
-    out = student(reference["x224"], mask=reference["student_mask"], return_all_tokens=True)
-    torch.testing.assert_close(out, reference["student_masked_tokens224"], atol=ATOL, rtol=0)
+def test_masked_student_matches_official(reference, fixtures_dir, official_vit):
+    student = load_backbone(fixtures_dir / "vit_full_checkpoint.pth", arch="vit_tiny", key="student", **official_vit)
+    out = student(reference["x_global"], mask=reference["student_mask"], return_all_tokens=True)
+    torch.testing.assert_close(out, reference["student_masked_tokens"], atol=ATOL, rtol=0)
 
 
 # ------------------------------------------------------------------ behaviour

@@ -169,14 +169,16 @@ def test_two_process_gloo_equals_one_process(tmp_path, image_folder, centering):
     torch.testing.assert_close(ranks[0]["center"], single.ibot_loss.center, rtol=1e-5, atol=1e-7)
 
 
-def test_resume_from_official_full_checkpoint(tmp_path, image_folder, fixtures_dir):
+def test_resume_from_official_full_checkpoint(tmp_path, image_folder, fixtures_dir, official_arch):
     from ibot.hub import load_official_checkpoint
 
     official = fixtures_dir / "vit_full_checkpoint.pth"
-    cfg = tiny_config(tmp_path, image_folder, "model.patch_size=16", "model.embed_dim=192", "model.depth=3",
-                      "model.num_heads=3", "model.out_dim=512", "model.patch_out_dim=512",
-                      "model.head_hidden_dim=256", "model.head_bottleneck_dim=64", "data.global_crops_size=32",
-                      "data.local_crops_size=16", "model.img_size=224", "optim.epochs=20")
+    a = official_arch
+    sizes = [f"model.{key}={a[key]}" for key in ("patch_size", "img_size", "embed_dim", "depth", "num_heads",
+                                                  "out_dim", "patch_out_dim")]
+    cfg = tiny_config(tmp_path, image_folder, *sizes, f"model.head_hidden_dim={a['hidden_dim']}",
+                      f"model.head_bottleneck_dim={a['bottleneck_dim']}", "data.global_crops_size=32",
+                      "data.local_crops_size=16", "optim.epochs=20")
     trainer = Pretrainer(cfg)
     state = trainer.load(official)
     teacher_backbone, teacher_head = load_official_checkpoint(official, key="teacher")

@@ -93,11 +93,12 @@ def test_command_writes_one_grid_per_image_of_any_size_and_mode(tmp_path, capsys
     assert capsys.readouterr().out.split() == [str(out / "a_attention.png"), str(out / "b_attention.png")]
 
 
-def test_official_checkpoint_matches_the_official_attention(fixtures_dir):
+def test_official_checkpoint_matches_the_official_attention(fixtures_dir, official_arch, official_vit):
     from ibot.eval.checkpoints import load_backbone
 
-    loaded = load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", depth=3)
+    loaded = load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny", **official_vit)
     ref = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
-    maps = cls_attention(loaded.backbone, ref["x224"])  # (2, 3, 14, 14)
-    expected = ref["last_attn_cls_row"][:, :, 1:].reshape(2, 3, 14, 14)
+    maps = cls_attention(loaded.backbone, ref["x_global"])  # (B, heads, grid, grid)
+    grid = official_arch["img_size"] // official_arch["patch_size"]
+    expected = ref["last_attn"][:, :, 0, 1:].unflatten(-1, (grid, grid))
     torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-6)
