@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ibot.commands import command
 
@@ -21,10 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ibot.infer import run_inference, write_results
 
-    from tqdm import tqdm
+    from ibot.progress import write
 
     def report_skip(path: str, reason: str) -> None:  # one line each, above the progress bar
-        tqdm.write(f"ibot infer: {' '.join(reason.split())} (skipped)", file=sys.stderr)
+        write(f"ibot infer: {' '.join(reason.split())} (skipped)")
 
     result = run_inference(args.model, args.input, batch_size=args.batch_size, progress=not args.no_progress,
                            on_skip=report_skip)
