@@ -1,14 +1,18 @@
-"""iBOT: Image BERT pre-training with online tokenizer."""
+"""iBOT: Image BERT pre-training with online tokenizer.
+
+The Python API (:mod:`ibot.api`): ``load_backbone``, ``extract_features``, ``knn_classify``.
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["load_backbone", "__version__"]
+API = ("extract_features", "knn_classify", "load_backbone")
+__all__ = [*API, "__version__"]
 
 
 def __getattr__(name: str):
     # lazy, so that ``import ibot.infer`` (onnxruntime only) does not import torch
-    if name == "load_backbone":
-        from ibot.hub import load_backbone
+    if name in API:
+        from ibot import api
 
-        return load_backbone
+        return getattr(api, name)
     raise AttributeError(f"module 'ibot' has no attribute {name!r}")

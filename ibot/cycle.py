@@ -78,17 +78,23 @@ def _glue_stage_args(argv: list[str]) -> list[str]:
     return glued
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``./run.sh``."""
     p = argparse.ArgumentParser(prog="run.sh", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stages", nargs="?", default=DEFAULT_STAGES, help="e.g. pretrain+knn+linear+finetune")
     p.add_argument("--preset", default="cpu", help="pre-training preset (ibot pretrain --preset)")
     p.add_argument("--data", default=EMBEDDED_DATA,
                    help="dataset for every stage: fashion-mnist[:subset|:FOLDER], cifar10:PATH, ..., or an ImageFolder")
     p.add_argument("--output-dir", default="runs/cycle", help="one folder per stage below it")
-    p.add_argument("--checkpoint", help="pre-trained checkpoint for the evaluation stages "
-                                        "(default: OUTPUT_DIR/pretrain/checkpoint.safetensors)")
+    p.add_argument("--checkpoint", "-c", metavar="PATH", help="pre-trained checkpoint for the evaluation stages "
+                                                              "(default: OUTPUT_DIR/pretrain/checkpoint.safetensors)")
     for stage in STAGES:
         p.add_argument(f"--{stage}-args", default="", metavar="'OPTIONS'", help=f"extra options for ibot {stage}")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(_glue_stage_args(sys.argv[1:] if argv is None else argv))
     args.stage_list = [s for s in args.stages.split("+") if s]
     unknown = [s for s in args.stage_list if s not in STAGES]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +139,7 @@ def run_inference(model_path: str | Path, inputs: str | Path | Sequence[str | Pa
 
     Unreadable images are skipped; ``on_skip(file, reason)`` is called for each as it happens.
     """
-    from tqdm import tqdm
+    from ibot.progress import progress_bar
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
@@ -160,7 +159,7 @@ def run_inference(model_path: str | Path, inputs: str | Path | Sequence[str | Pa
             outputs.append(session.run(None, {input_name: np.stack(batch)})[0])  # (b, 3, S, S) -> (b, D)
             batch.clear()
 
-    for path in tqdm(files, desc="infer", unit="img", disable=not progress, file=sys.stderr):
+    for path in progress_bar(files, desc="infer", unit="img", disable=not progress):
         try:
             batch.append(preprocess(load_rgb(path), spec))
         except ValueError as exc:

@@ -40,8 +40,8 @@ def test_a_failing_stage_is_logged_and_fails_the_check(tmp_path, monkeypatch):
         sys.path.remove(str(ROOT / "tools"))
     out = tmp_path / "tipc"
     (out / "logs").mkdir(parents=True)
-    stages = [pipeline_check.Stage("export_features", pipeline_check.ibot("export", str(tmp_path / "missing.safetensors"),
-                                                                          str(out / "m.onnx"))),
+    stages = [pipeline_check.Stage("export_features", pipeline_check.ibot("export", "-c", str(tmp_path / "missing.safetensors"),
+                                                                          "-o", str(out / "m.onnx"))),
               pipeline_check.Stage("infer_features", pipeline_check.ibot("infer", str(out / "m.onnx"), str(out)),
                                    needs=["export_features"])]
     monkeypatch.setattr(pipeline_check, "build_stages", lambda out, lite: stages)

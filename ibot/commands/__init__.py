@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,44 @@ def command(name: str, help_text: str):
         return wrap
 
     return register
+
+
+# Where a command writes, spelt the same in every command: one file, or a folder of files.
+OUTPUT_FILE_FLAGS = ("-o", "--output")
+OUTPUT_DIR_FLAGS = ("--output-dir",)
+
+
+def add_output_file(p: argparse.ArgumentParser | argparse._ArgumentGroup, help_text: str, default: str | None = None,
+                    metavar: str = "FILE") -> None:
+    """``-o/--output FILE``: the one file the command writes."""
+    p.add_argument(*OUTPUT_FILE_FLAGS, dest="output", metavar=metavar, default=default, help=help_text)
+
+
+def add_output_dir(p: argparse.ArgumentParser | argparse._ArgumentGroup, help_text: str,
+                   default: str | None = None) -> None:
+    """``--output-dir OUTPUT_DIR``: the folder the command writes its files into."""
+    p.add_argument(*OUTPUT_DIR_FLAGS, dest="output_dir", default=default, help=help_text)
+
+
+def add_old_positionals(p: argparse.ArgumentParser) -> None:
+    """Hidden trailing positionals: the spelling of options that were positional before (see
+    :func:`fill_old_positionals`)."""
+    p.add_argument("old_positionals", nargs="*", help=argparse.SUPPRESS)
+
+
+def fill_old_positionals(args: argparse.Namespace, flags: dict[str, str], name: str) -> None:
+    """Give the options of ``flags`` (dest -> flag) that are unset the hidden positionals, in order,
+    with a deprecation note on stderr; then every one of them must be set."""
+    unset = [dest for dest in flags if getattr(args, dest) is None]
+    values = list(args.old_positionals)
+    if len(values) > len(unset):
+        raise ValueError(f"unrecognized arguments: {' '.join(values[len(unset):])}")
+    for dest, value in zip(unset, values):
+        setattr(args, dest, value)
+        print(f"ibot {name}: a positional {dest.upper()} is deprecated; give it with {flags[dest]}", file=sys.stderr)
+    missing = [flag for dest, flag in flags.items() if getattr(args, dest) is None]
+    if missing:
+        raise ValueError(f"the following arguments are required: {', '.join(missing)}")
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> str | None:

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ibot.commands import add_output_dir
+
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
@@ -31,7 +33,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, default=2, help="data-loading processes")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     o = p.add_argument_group("output")
-    o.add_argument("--output-dir", help="where the results JSON goes (default: CHECKPOINT_FOLDER/eval)")
+    add_output_dir(o, "where the results JSON goes (default: CHECKPOINT_FOLDER/eval)")
     o.add_argument("--cache-dir", help="where extracted features are cached (default: OUTPUT_DIR/features)")
     o.add_argument("--no-cache", action="store_true", help="extract features again and keep nothing on disk")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")

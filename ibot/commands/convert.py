@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ibot.commands import command
+from ibot.commands import add_old_positionals, add_output_file, command, fill_old_positionals
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN.pth", help="official checkpoint: full checkpoint.pth or a published "
                                                    "backbone ({'state_dict': ...})")
-    p.add_argument("output", metavar="OUT.safetensors", help="where to write our checkpoint")
+    add_output_file(p, "where to write our checkpoint (required)", metavar="OUT.safetensors")
+    add_old_positionals(p)  # the output file was the second positional
     p.add_argument("--arch", help="vit_tiny, vit_small, vit_base, vit_large or swin_tiny "
                                   "(default: the checkpoint's args; required for backbone-only files)")
     p.add_argument("--patch-size", type=int, help="default: read from the weights")
@@ -27,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ibot.convert import convert_checkpoint
 
+    fill_old_positionals(args, {"output": "-o/--output"}, "convert")
     path, meta = convert_checkpoint(args.input, args.output, arch=args.arch, patch_size=args.patch_size, key=args.key,
                                     window_size=args.window_size, embed_dim=args.embed_dim, depth=args.depth,
                                     num_heads=args.num_heads)

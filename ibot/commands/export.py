@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ibot.commands import command
+from ibot.commands import add_old_positionals, add_output_file, command, fill_old_positionals
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="our pre-training or fine-tuning .safetensors, "
-                                                            "or an official .pth (with --arch)")
-    p.add_argument("output", metavar="OUT.onnx")
+    p.add_argument("--checkpoint", "-c", metavar="PATH", help="our pre-training or fine-tuning .safetensors, "
+                                                                "or an official .pth (with --arch) (required)")
+    add_output_file(p, "the ONNX model to write (required)", metavar="OUT.onnx")
+    add_old_positionals(p)  # the checkpoint and the output file were positionals
     p.add_argument("--kind", choices=("features", "classifier"), default="features",
                    help="features: the normed [CLS] of a backbone; classifier: logits of an 'ibot finetune' model")
     p.add_argument("--image-size", type=int, help="input side (default: the size the network was trained on)")
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ibot.export import export_checkpoint
 
+    fill_old_positionals(args, {"checkpoint": "-c/--checkpoint", "output": "-o/--output"}, "export")
     report = export_checkpoint(args.checkpoint, args.output, kind=args.kind, image_size=args.image_size,
                                crop_pct=args.crop_pct, key=args.key, arch=args.arch, patch_size=args.patch_size,
                                verify=not args.no_verify)

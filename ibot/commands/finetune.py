@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ibot.commands import _eval_args as common
-from ibot.commands import command, resolve_resume
+from ibot.commands import add_output_dir, command, resolve_resume
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--ema", action="store_true", help="keep and evaluate an EMA of the weights")
     a.add_argument("--ema-decay", type=float, default=d.ema_decay)
     r = p.add_argument_group("output")
-    r.add_argument("--output-dir", help="checkpoint, log.jsonl and finetune.json (default: CHECKPOINT_FOLDER/finetune)")
+    add_output_dir(r, "checkpoint, log.jsonl and finetune.json (default: CHECKPOINT_FOLDER/finetune)")
     r.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a fine-tuning run; 'auto' uses OUTPUT_DIR/checkpoint.safetensors if present")
     r.add_argument("--no-progress", action="store_true")

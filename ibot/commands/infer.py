@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ibot.commands import command
+from ibot.commands import add_output_file, command
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="a model written by 'ibot export'")
     p.add_argument("input", metavar="INPUT", help="an image file, or a folder searched recursively for images")
-    p.add_argument("--output", help="features: .npy (+ .json index of files); classifier: top-5 as .json or .csv "
-                                    "(default: features.npy / predictions.json)")
+    add_output_file(p, "features: .npy (+ .json index of files); classifier: top-5 as .json or .csv "
+                       "(default: features.npy / predictions.json)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -21,10 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ibot.infer import run_inference, write_results
 
-    from tqdm import tqdm
+    from ibot.progress import write
 
     def report_skip(path: str, reason: str) -> None:  # one line each, above the progress bar
-        tqdm.write(f"ibot infer: {' '.join(reason.split())} (skipped)", file=sys.stderr)
+        write(f"ibot infer: {' '.join(reason.split())} (skipped)")
 
     result = run_inference(args.model, args.input, batch_size=args.batch_size, progress=not args.no_progress,
                            on_skip=report_skip)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ibot.commands import command
+from ibot.commands import add_output_file, command
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --output-dir of an 'ibot pretrain' run (or its log.jsonl)")
-    p.add_argument("--output", help="PNG file to write (default: RUN_DIR/curves.png)")
+    add_output_file(p, "PNG file to write (default: RUN_DIR/curves.png)", metavar="PNG")
 
 
 @command("plot", "training curves (losses, lr, wd, momentum, temperatures, k-NN, img/s) from RUN_DIR/log.jsonl")(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ibot.commands import Formatter, command
+from ibot.commands import Formatter, add_output_dir, add_output_file, command
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def _add_attention(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attention")
     g.add_argument("--mass", type=float, default=0.6, help="share of each head's attention the thresholded maps keep")
     g.add_argument("--heads-per-row", type=int, default=6, help="heads drawn side by side before wrapping")
-    g.add_argument("--output-dir", default="attention", help="one IMAGE_attention.png per image goes here")
+    add_output_dir(g, "one IMAGE_attention.png per image goes here", default="attention")
 
 
 def _add_correspondence(p: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def _add_correspondence(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=20, help="draw the K most similar mutual nearest patches")
     g.add_argument("--foreground", type=float, metavar="MASS",
                    help="match only the patches holding this share of each image's [CLS] attention, e.g. 0.6 (ViT)")
-    g.add_argument("--output", default="correspondence.png", help="PNG file to write")
+    add_output_file(g, "PNG file to write", default="correspondence.png", metavar="PNG")
 
 
 def _add_masks(p: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def _add_masks(p: argparse.ArgumentParser) -> None:
     s.add_argument("--num-images", type=int, default=4, help="training images; each gives its global crops")
     s.add_argument("--epoch", type=int, help="epoch the masks are drawn for (default: mask.pred_start_epoch)")
     s.add_argument("--seed", type=int, default=0, help="picks the images, crops and masks")
-    s.add_argument("--output", default="masks.png", help="PNG file to write")
+    add_output_file(s, "PNG file to write", default="masks.png", metavar="PNG")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

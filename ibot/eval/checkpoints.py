@@ -93,7 +93,7 @@ def load_backbone(path: str | Path, key: str = "teacher", arch: str | None = Non
         return _load_ours(path, key, arch, patch_size, overrides)
     if arch is None:
         raise ValueError(f"{path} is not one of our .safetensors checkpoints: name its architecture with "
-                         f"--arch (vit_small, vit_base, vit_large, swin_tiny, ...)")
+                         f"--arch, arch= in Python (vit_small, vit_base, vit_large, swin_tiny, ...)")
     from ibot import hub
 
     backbone = hub.load_backbone(path, arch, patch_size, key=key, **overrides)

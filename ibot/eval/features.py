@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ibot.data.datasets import collate_skip_corrupt, safe_getitem
+from ibot.progress import progress_bar
 
 
 class EvalDataset(Dataset):
@@ -56,7 +56,7 @@ def extract_features(forward: Callable[[torch.Tensor], torch.Tensor] | nn.Module
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_none,
                         pin_memory=torch.device(device).type == "cuda")
     features, labels, skipped = [], [], []
-    for images, targets, why in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for images, targets, why in progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         skipped.extend(why)
         if len(images) == 0:  # every image of this batch was unreadable
             continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ibot.eval.features import EvalDataset, collate_skip_none
 from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
 from ibot.eval.metrics import topk_hits
+from ibot.progress import progress_bar, write
 
 
 class FinetuneModel(nn.Module):
@@ -214,7 +215,7 @@ class Finetuner:
                             num_workers=cfg.num_workers, collate_fn=collate_skip_none, generator=generator)
         self.model.train()
         total, count, lr, skipped = 0.0, 0, 0.0, 0
-        bar = tqdm(loader, desc=f"fine-tune epoch {epoch}", unit="step", disable=not cfg.progress, leave=False)
+        bar = progress_bar(loader, desc=f"fine-tune epoch {epoch}", unit="step", disable=not cfg.progress, leave=False)
         for step, (images, labels, why) in enumerate(bar):
             skipped += len(why)
             if len(images) < 2:
@@ -262,9 +263,9 @@ class Finetuner:
             history.append(record)
             with (self.output_dir / "log.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            tqdm.write(f"fine-tune epoch {epoch}: loss {record['train_loss']:.4f}, val top-1 {record['val_top1']:.2f}%"
+            write(f"fine-tune epoch {epoch}: loss {record['train_loss']:.4f}, val top-1 {record['val_top1']:.2f}%"
                        f" top-5 {record['val_top5']:.2f}%"
-                       + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if self.ema is not None else ""))
+                       + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if self.ema is not None else ""), file=sys.stdout)
             self.save(epoch + 1, history)
         return self.results(history)
 

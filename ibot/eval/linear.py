@@ -27,9 +27,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ibot.eval.metrics import topk_hits
+from ibot.progress import progress_bar
 
 # learning rates of the sweep, for a batch of 256 (scaled linearly with the batch, as officially)
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
@@ -118,7 +118,7 @@ def train_linear_sweep(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
     best1 = torch.full((heads,), -1.0)
     best5, best_epoch = torch.zeros(heads), torch.zeros(heads, dtype=torch.long)
     best_weight, best_bias = weight.detach().clone(), bias.detach().clone()  # the leading head at its best epoch
-    for epoch in tqdm(range(epochs), desc="linear sweep", unit="epoch", disable=not progress, leave=False):
+    for epoch in progress_bar(range(epochs), desc="linear sweep", unit="epoch", disable=not progress, leave=False):
         lr = base_lrs * 0.5 * (1 + math.cos(math.pi * epoch / epochs))  # (H,)
         order = torch.randperm(len(train_x), generator=generator).to(device)
         for start in range(0, len(order), batch_size):

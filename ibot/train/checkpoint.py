@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,15 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
         plain[key] = tensor.clone() if ident in seen else tensor
         seen.add(ident)
     header = {"ibot": json.dumps({"format": FORMAT, "version": VERSION, **meta})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL as mkstemp, but created with the mode open() gives here under the umask (mkstemp's is
+    # 0600), and that mode is put back after safetensors, which writes its files 0600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
         save_file(plain, tmp, metadata=header)
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

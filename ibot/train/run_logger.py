@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+
+from ibot.progress import ProgressBar, progress_bar, write
 
 
 class EpochMeter:
     """Running sums over the steps of one epoch. Loss terms stay on the device until read, so
     logging is the only host-device synchronisation."""
 
-    def __init__(self, bar: tqdm | None) -> None:
+    def __init__(self, bar: ProgressBar | None) -> None:
         self.bar = bar
         self.sums: dict[str, torch.Tensor] = {}  # over the epoch
         self.window_sums: dict[str, torch.Tensor] = {}  # since the last step record
@@ -79,17 +79,17 @@ class RunLogger:
         self.progress = progress and enabled
         self.path = Path(output_dir) / "log.jsonl"
         self.records: list[dict[str, Any]] = []
-        self.bar: tqdm | None = None
+        self.bar: ProgressBar | None = None
         self.writer = _tensorboard_writer(Path(output_dir) / "tensorboard") if tensorboard and enabled else None
 
     def info(self, message: str) -> None:
         if self.enabled:
-            tqdm.write(message, file=sys.stderr)
+            write(message)
 
     def start_epoch(self, epoch: int, steps: int, start_step: int = 0) -> EpochMeter:
         if self.progress:
-            self.bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch}", unit="step",
-                            dynamic_ncols=True, leave=False, file=sys.stderr)
+            self.bar = progress_bar(total=steps, initial=start_step, desc=f"epoch {epoch}", unit="step",
+                                    dynamic_ncols=True, leave=False)
         return EpochMeter(self.bar)
 
     def log_step(self, meter: EpochMeter, fields: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ def test_convert_full_checkpoint_keeps_both_networks_and_centres(fixtures_dir, t
                                                                   official_vit):
     src = fixtures_dir / "vit_full_checkpoint.pth"
     out = tmp_path / "converted.safetensors"
-    assert main(["convert", str(src), str(out), *vit_options]) == 0
+    assert main(["convert", str(src), "-o", str(out), *vit_options]) == 0
     reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
     x = reference["x_global"]
     for key in ("teacher", "student"):
@@ -75,7 +75,7 @@ def test_convert_full_checkpoint_keeps_both_networks_and_centres(fixtures_dir, t
 
 def test_convert_backbone_only_file(fixtures_dir, tmp_path, vit_options):
     out = tmp_path / "backbone.safetensors"
-    assert main(["convert", str(fixtures_dir / "vit_checkpoint_teacher.pth"), str(out), *vit_options]) == 0
+    assert main(["convert", str(fixtures_dir / "vit_checkpoint_teacher.pth"), "-o", str(out), *vit_options]) == 0
     tensors, meta = load_checkpoint(out)
     assert tensors and all(k.startswith("teacher.backbone.") for k in tensors)
     reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
@@ -91,7 +91,7 @@ def test_convert_backbone_only_file(fixtures_dir, tmp_path, vit_options):
 ])
 def test_convert_mismatch_is_one_line_error(fixtures_dir, tmp_path, capsys, extra, message):
     src = fixtures_dir / "vit_full_checkpoint.pth"
-    assert main(["convert", str(src), str(tmp_path / "x.safetensors"), *extra]) == 2
+    assert main(["convert", str(src), "-o", str(tmp_path / "x.safetensors"), *extra]) == 2
     assert message in _one_error_line(capsys)
     assert not (tmp_path / "x.safetensors").exists()
 
@@ -103,7 +103,7 @@ def test_convert_refuses_a_pickle_that_runs_code(tmp_path, capsys):
 
     bad = tmp_path / "evil.pth"
     torch.save({"state_dict": {"cls_token": torch.zeros(1)}, "payload": Evil()}, bad)
-    assert main(["convert", str(bad), str(tmp_path / "x.safetensors"), "--arch", "vit_tiny"]) == 2
+    assert main(["convert", str(bad), "-o", str(tmp_path / "x.safetensors"), "--arch", "vit_tiny"]) == 2
     assert "refusing to load" in _one_error_line(capsys)
     assert "this must never run" not in capsys.readouterr().out
 
@@ -112,7 +112,7 @@ def test_convert_refuses_a_pickle_that_runs_code(tmp_path, capsys):
 def test_export_then_infer_on_real_files(tmp_path, capsys):
     checkpoint = write_tiny_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     model = tmp_path / "model.onnx"
-    assert main(["export", str(checkpoint), str(model)]) == 0
+    assert main(["export", "-c", str(checkpoint), "-o", str(model)]) == 0
     assert "max |diff|" in capsys.readouterr().out
 
     rng = np.random.default_rng(0)
@@ -123,7 +123,7 @@ def test_export_then_infer_on_real_files(tmp_path, capsys):
     Image.fromarray(rng.integers(0, 256, (64, 20, 4), dtype=np.uint8), mode="RGBA").save(images / "rgba.png")
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(30))
     out = tmp_path / "out" / "features.npy"
-    assert main(["infer", str(model), str(images), "--output", str(out), "--batch-size", "2", "--no-progress"]) == 0
+    assert main(["infer", str(model), str(images), "-o", str(out), "--batch-size", "2", "--no-progress"]) == 0
     captured = capsys.readouterr()
     skipped = [line for line in captured.err.splitlines() if "skipped" in line]
     assert len(skipped) == 1 and "broken.jpg" in skipped[0]
@@ -134,9 +134,9 @@ def test_export_then_infer_on_real_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["convert", "{tmp}/missing.pth", "{tmp}/out.safetensors", "--arch", "vit_small"], "missing.pth"),
-    (["convert", "{tmp}/model.onnx", "{tmp}/out.pth"], "out.pth must end in .safetensors"),
-    (["export", "{tmp}/missing.safetensors", "{tmp}/out.onnx"], "missing.safetensors"),
+    (["convert", "{tmp}/missing.pth", "-o", "{tmp}/out.safetensors", "--arch", "vit_small"], "missing.pth"),
+    (["convert", "{tmp}/model.onnx", "-o", "{tmp}/out.pth"], "out.pth must end in .safetensors"),
+    (["export", "-c", "{tmp}/missing.safetensors", "-o", "{tmp}/out.onnx"], "missing.safetensors"),
     (["infer", "{tmp}/missing.onnx", "{tmp}/image.png"], "missing.onnx"),
     (["infer", "{tmp}/model.onnx", "{tmp}/no_images"], "no_images"),
 ])

@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pytest
 import torch
 
@@ -43,3 +46,14 @@ def test_foreign_and_damaged_files_are_refused(tmp_path):
         ckpt.load_checkpoint(junk)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         ckpt.load_checkpoint(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_checkpoint_gets_the_mode_open_gives_under_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(2)}, {"epoch": 1})
+        (tmp_path / "plain.txt").write_text("x")  # a file made by open() under the same umask
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
