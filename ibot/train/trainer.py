@@ -266,6 +266,8 @@ class Pretrainer:
         """Train to the end (or ``run.max_steps``); returns the logged records."""
         cfg = self.cfg
         state = self.load(resume) if resume else TrainState()
+        if state.step_in_epoch >= self.steps_per_epoch:  # saved after an epoch's last step: the next one is due
+            state = TrainState(state.epoch + 1, 0)
         logger = RunLogger(self.output_dir, enabled=self.dist.is_main, progress=cfg.run.progress,
                            tensorboard=cfg.run.tensorboard)
         if self.dist.is_main:
@@ -276,8 +278,14 @@ class Pretrainer:
                         f"batch {self.global_batch} on {self.dist.world_size} x {self.device.type}"
                         + (f", resumed at epoch {state.epoch} step {state.step_in_epoch}" if resume else ""))
         self.student.train()
-        steps_run, max_steps = 0, cfg.run.max_steps
-        while state.epoch < cfg.optim.epochs:
+        max_steps, done = cfg.run.max_steps, state.epoch * self.steps_per_epoch + state.step_in_epoch
+        if max_steps and done >= max_steps:  # in total, counting the steps before a resume
+            logger.info(f"the run is at step {done}, run.max_steps={max_steps}: nothing to train "
+                        f"(raise run.max_steps, or 0 for every epoch)")
+            logger.close()
+            return logger.records
+        stop = False
+        while state.epoch < cfg.optim.epochs and not stop:
             epoch = state.epoch
             self.sampler.epoch, self.sampler.start_step = epoch, state.step_in_epoch
             meter = logger.start_epoch(epoch, self.steps_per_epoch, state.step_in_epoch)
@@ -287,8 +295,7 @@ class Pretrainer:
                 it = epoch * self.steps_per_epoch + state.step_in_epoch
                 losses = self.train_step(batch, epoch, it)
                 state.step_in_epoch += 1
-                steps_run += 1
-                stop = max_steps > 0 and steps_run >= max_steps
+                stop = max_steps > 0 and it + 1 >= max_steps
                 log_now = (stop or state.step_in_epoch % cfg.run.log_every_steps == 0
                            or state.step_in_epoch == self.steps_per_epoch)
                 if log_now or self.device.type == "cpu":
@@ -299,10 +306,10 @@ class Pretrainer:
                 if log_now:
                     logger.log_step(meter, {"epoch": epoch, "step": state.step_in_epoch, "global_step": it + 1,
                                             **self._schedule_values(epoch, it)})
-                every = cfg.run.checkpoint_every_steps
-                if stop or (every and state.step_in_epoch % every == 0 and state.step_in_epoch < self.steps_per_epoch):
+                every, in_epoch = cfg.run.checkpoint_every_steps, state.step_in_epoch < self.steps_per_epoch
+                if in_epoch and (stop or (every and state.step_in_epoch % every == 0)):
                     self._checkpoint(state)
-                if stop:
+                if stop and in_epoch:  # (a stop on an epoch's last step ends that epoch first)
                     logger.close()
                     return logger.records
                 tic = time.perf_counter()
