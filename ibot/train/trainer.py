@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ibot.data.transforms import MultiCropAugmentation
 from ibot.loss import IBOTLoss, koleo_loss
 from ibot.models import IBOTHead, MultiCropWrapper, build_backbone, use_explicit_attention
 from ibot.models.multicrop import pad_mask_index
+from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
 from ibot.train import checkpoint as ckpt
 from ibot.train.distributed import DistInfo, barrier, init_distributed
 from ibot.train.ema import EMAUpdater
@@ -82,6 +84,34 @@ def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiC
     for param in teacher.parameters():
         param.requires_grad_(False)
     return student, teacher
+
+
+# IBOTHead argument -> model.* option
+HEAD_OPTIONS = {"out_dim": "out_dim", "patch_out_dim": "patch_out_dim", "nlayers": "head_nlayers",
+                "hidden_dim": "head_hidden_dim", "bottleneck_dim": "head_bottleneck_dim"}
+
+
+def check_checkpoint_shapes(cfg: PretrainConfig, shapes: Mapping[str, Sequence[int]], source: str,
+                            config_name: str = "this run's config") -> None:
+    """One-line error naming both architectures when the student / teacher tensors of a checkpoint
+    (their shapes) cannot load into the networks ``cfg`` describes; builds nothing."""
+    m = cfg.model
+    expected = expected_backbone_shape(m.arch, **backbone_kwargs(cfg))
+    for name in ("student", "teacher"):
+        found = backbone_shape_of(ckpt.strip_prefix(f"{name}.backbone.", shapes))
+        if found is not None and found.differences(expected):
+            raise ValueError(f"{source} holds a {found} ({name} backbone), but {config_name} builds "
+                             f"model.arch={m.arch}, a {expected}")
+        head = ckpt.strip_prefix(f"{name}.head.", shapes)
+        if not head:
+            continue
+        got = infer_head_kwargs(head)
+        skip = {"hidden_dim"} if got["nlayers"] == 1 else set()  # no hidden layer to read it from
+        skip |= set() if "last_layer2.weight_v" in head else {"patch_out_dim"}
+        differ = [f"model.{option}={getattr(m, option)} (file: {got[kwarg]})" for kwarg, option in HEAD_OPTIONS.items()
+                  if kwarg not in skip and got[kwarg] != getattr(m, option)]
+        if differ:
+            raise ValueError(f"{source}: its {name} head does not fit {config_name}: {', '.join(differ)}")
 
 
 class Pretrainer:
@@ -192,8 +222,13 @@ class Pretrainer:
             if missing:
                 raise ValueError(f"{path} has no {' or '.join(sorted(missing))} network; resuming needs a full "
                                  f"training checkpoint (checkpoint.pth), not a backbone-only file")
-        self.student.load_state_dict(ckpt.strip_prefix("student.", tensors))
-        self.teacher.load_state_dict(ckpt.strip_prefix("teacher.", tensors))
+        check_checkpoint_shapes(self.cfg, {k: v.shape for k, v in tensors.items()}, str(path))
+        for name, network in (("student", self.student), ("teacher", self.teacher)):
+            try:
+                network.load_state_dict(ckpt.strip_prefix(f"{name}.", tensors))
+            except RuntimeError as exc:  # what shapes alone do not show: missing or extra keys
+                raise ValueError(f"{path}: its {name} does not fit this run's {self.cfg.model.arch} networks: "
+                                 f"{' '.join(str(exc).split())}") from None
         self.ibot_loss.center.copy_(tensors["loss.center"])
         self.ibot_loss.center2.copy_(tensors["loss.center2"])
         if "optimizer_param_groups" in meta:

@@ -58,6 +58,19 @@ def test_max_steps_counts_the_steps_before_a_resume(tmp_path, image_folder):
     assert ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["global_step"] == 3
 
 
+def test_a_checkpoint_of_another_architecture_is_named(tmp_path, image_folder):
+    Pretrainer(tiny_config(tmp_path, image_folder, "run.max_steps=1")).fit()
+    wider = Pretrainer(tiny_config(tmp_path / "wider", image_folder, "model.embed_dim=64"))
+    with pytest.raises(ValueError) as caught:
+        wider.load(tmp_path / "checkpoint.safetensors")
+    message = str(caught.value)
+    assert "holds a ViT with patch 4, width 32, depth 1" in message
+    assert "builds model.arch=vit_tiny, a ViT with patch 4, width 64, depth 1" in message
+    other_head = Pretrainer(tiny_config(tmp_path / "head", image_folder, "model.out_dim=32", "model.patch_out_dim=32"))
+    with pytest.raises(ValueError, match=r"student head does not fit this run's config: model.out_dim=32 \(file: 64\)"):
+        other_head.load(tmp_path / "checkpoint.safetensors")
+
+
 def test_checkpoint_holds_everything_needed(tmp_path, image_folder):
     cfg = tiny_config(tmp_path, image_folder, "optim.epochs=1")
     Pretrainer(cfg).fit()
