@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -381,18 +383,38 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def resolve_config(preset: str | None = None, yaml_path: str | Path | None = None,
-                   overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
-    """Preset (or a YAML file's ``preset:``), then the YAML file, then ``key=value`` overrides."""
-    if preset is None and yaml_path is not None:
+                   overrides: list[str] | tuple[str, ...] = (), base: PretrainConfig | None = None) -> PretrainConfig:
+    """Preset (or a YAML file's ``preset:``; or a copy of ``base``, e.g. a resumed run's config),
+    then the YAML file, then ``key=value`` overrides; validated."""
+    if preset is None and yaml_path is not None and base is None:
         tree = yaml.safe_load(Path(yaml_path).read_text()) if Path(yaml_path).is_file() else {}
         preset = (tree or {}).get("preset")
-    cfg = get_preset(preset) if preset else PretrainConfig()
+    if base is not None:
+        cfg = copy.deepcopy(base)
+    else:
+        cfg = get_preset(preset) if preset else PretrainConfig()
     if yaml_path is not None:
         load_yaml(cfg, yaml_path)
     for text in overrides:
         set_option(cfg, *parse_override(text))
     validate(cfg)
     return cfg
+
+
+# options that say what a run is: changing one when resuming makes another run of the same files
+RUN_DEFINING = ("model.", "data.data", "data.global_crops_", "data.local_crops_", "optim.batch_size_per_device",
+                "optim.epochs")
+
+
+def config_changes(before: PretrainConfig, after: PretrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(option, value before, value after)`` for every option that differs."""
+    old, new = _flatten(before.to_dict()), _flatten(after.to_dict())
+    return [(key, old[key], new[key]) for key in new if old[key] != new[key]]
+
+
+def is_run_defining(option: str) -> bool:
+    """Whether ``option`` (``section.field``) is one of ``RUN_DEFINING``: data, batch, epochs, model, crops."""
+    return option.startswith(RUN_DEFINING)
 
 
 def config_from_dict(tree: dict[str, Any]) -> PretrainConfig:
@@ -403,8 +425,87 @@ def config_from_dict(tree: dict[str, Any]) -> PretrainConfig:
     return cfg
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The values a numeric option may take: finite, above ``low`` (or at it unless ``low_open``)
+    and below ``high`` (or at it unless ``high_open``)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = Limit(0, low_open=True), Limit(0), Limit(1)
+UNIT, UNIT_OPEN_LOW, UNIT_OPEN_HIGH = Limit(0, 1), Limit(0, 1, low_open=True), Limit(0, 1, high_open=True)
+# every numeric option and the values it may take (lists and pairs: each entry); None passes
+OPTION_LIMITS: dict[str, Limit] = {
+    "model.patch_size": AT_LEAST_ONE, "model.window_size": AT_LEAST_ONE, "model.img_size": AT_LEAST_ONE,
+    "model.drop_path_rate": UNIT_OPEN_HIGH, "model.embed_dim": AT_LEAST_ONE, "model.depth": AT_LEAST_ONE,
+    "model.num_heads": AT_LEAST_ONE, "model.out_dim": AT_LEAST_ONE, "model.patch_out_dim": AT_LEAST_ONE,
+    "model.head_hidden_dim": AT_LEAST_ONE, "model.head_bottleneck_dim": AT_LEAST_ONE,
+    "model.head_nlayers": AT_LEAST_ONE,
+    "data.global_crops_number": AT_LEAST_ONE, "data.global_crops_size": AT_LEAST_ONE,
+    "data.global_crops_scale": UNIT_OPEN_LOW, "data.local_crops_number": NON_NEGATIVE,
+    "data.local_crops_size": AT_LEAST_ONE, "data.local_crops_scale": UNIT_OPEN_LOW, "data.blur_sigma": POSITIVE,
+    "data.num_workers": NON_NEGATIVE,
+    "mask.pred_ratio": UNIT_OPEN_HIGH, "mask.pred_ratio_var": UNIT, "mask.pred_aspect_ratio": POSITIVE,
+    "mask.pred_start_epoch": NON_NEGATIVE,
+    "loss.warmup_teacher_temp": POSITIVE, "loss.teacher_temp": POSITIVE, "loss.warmup_teacher_patch_temp": POSITIVE,
+    "loss.teacher_patch_temp": POSITIVE, "loss.warmup_teacher_temp_epochs": NON_NEGATIVE,
+    "loss.student_temp": POSITIVE, "loss.center_momentum": UNIT, "loss.lambda1": NON_NEGATIVE,
+    "loss.lambda2": NON_NEGATIVE, "loss.koleo_weight": NON_NEGATIVE,
+    "optim.epochs": AT_LEAST_ONE, "optim.batch_size_per_device": AT_LEAST_ONE, "optim.lr": POSITIVE,
+    "optim.min_lr": NON_NEGATIVE, "optim.warmup_epochs": NON_NEGATIVE, "optim.weight_decay": NON_NEGATIVE,
+    "optim.weight_decay_end": NON_NEGATIVE, "optim.clip_grad": NON_NEGATIVE, "optim.freeze_last_layer": NON_NEGATIVE,
+    "optim.momentum_teacher": UNIT,
+    "run.seed": NON_NEGATIVE, "run.log_every_steps": AT_LEAST_ONE, "run.checkpoint_every_steps": NON_NEGATIVE,
+    "run.max_steps": NON_NEGATIVE, "run.eval_every": NON_NEGATIVE,
+}
+# pairs given as (low, high)
+ORDERED_PAIRS = ("data.global_crops_scale", "data.local_crops_scale", "data.blur_sigma", "mask.pred_aspect_ratio")
+
+
+def option_value(cfg: PretrainConfig, dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def check_ranges(cfg: PretrainConfig, sections: tuple[str, ...] | None = None) -> None:
+    """One-line error for the first numeric option (of ``sections``; None: all) outside its
+    ``OPTION_LIMITS`` or a pair out of order, naming the option."""
+    for dotted, limit in OPTION_LIMITS.items():
+        if sections is not None and dotted.partition(".")[0] not in sections:
+            continue
+        value = option_value(cfg, dotted)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(v is not None and not limit.holds(v) for v in values):
+            finite = "finite and " if any(isinstance(v, float) for v in values) else ""
+            each = "each value " if isinstance(value, (list, tuple)) else ""
+            raise ValueError(f"{dotted}={_show(value)} is out of range: {each}must be {finite}{limit}")
+        if dotted in ORDERED_PAIRS and value[0] > value[1]:
+            raise ValueError(f"{dotted}={_show(value)}: the first value (low) must not exceed the second (high)")
+
+
+def _show(value: Any) -> str:
+    return f"[{', '.join(map(str, value))}]" if isinstance(value, (list, tuple)) else str(value)
+
+
 def validate(cfg: PretrainConfig) -> None:
-    """One-line errors for settings that cannot work, naming the option."""
+    """One-line errors for settings that cannot work, naming the option: every numeric option in
+    its range first (``OPTION_LIMITS``), then the combinations."""
+    check_ranges(cfg)
     stride = mask_stride(cfg)
     unit = "Swin stage stride" if cfg.model.arch.startswith("swin") else "patch size"
     for name in ("global_crops_size", "local_crops_size"):
@@ -412,16 +513,14 @@ def validate(cfg: PretrainConfig) -> None:
         if size % stride:
             raise ValueError(f"data.{name}={size} is not divisible by the {unit} {stride}; "
                              f"pick a multiple of {stride}")
-    if cfg.data.global_crops_number < 1:
-        raise ValueError("data.global_crops_number must be at least 1")
     if cfg.loss.centering not in CENTERINGS:
         raise ValueError(f"loss.centering must be one of {', '.join(CENTERINGS)}, got '{cfg.loss.centering}'")
-    if cfg.loss.koleo_weight < 0:
-        raise ValueError(f"loss.koleo_weight must be >= 0, got {cfg.loss.koleo_weight}")
     if cfg.loss.koleo_weight > 0 and cfg.optim.batch_size_per_device < 2:
         raise ValueError("loss.koleo_weight > 0 needs optim.batch_size_per_device >= 2 (nearest neighbours in the batch)")
     if cfg.mask.pred_shape not in ("block", "rand"):
         raise ValueError(f"mask.pred_shape must be 'block' or 'rand', got '{cfg.mask.pred_shape}'")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.run.device):
+        raise ValueError(f"run.device must be auto, cpu, cuda or cuda:N, got '{cfg.run.device}'")
     if cfg.run.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"run.precision must be auto, fp32, bf16 or fp16, got '{cfg.run.precision}'")
     if cfg.model.shared_head and cfg.model.out_dim != cfg.model.patch_out_dim:
@@ -430,5 +529,6 @@ def validate(cfg: PretrainConfig) -> None:
     if start + warmup > cfg.optim.epochs:
         raise ValueError(f"loss.warmup_teacher_temp_epochs ({warmup}) + mask.pred_start_epoch ({start}) exceed "
                          f"optim.epochs ({cfg.optim.epochs}); lower them for a short run")
-    if cfg.optim.batch_size_per_device < 1 or cfg.optim.epochs < 1:
-        raise ValueError("optim.batch_size_per_device and optim.epochs must be positive")
+    if cfg.optim.warmup_epochs > cfg.optim.epochs:
+        raise ValueError(f"optim.warmup_epochs ({cfg.optim.warmup_epochs}) exceeds optim.epochs ({cfg.optim.epochs}); "
+                         f"lower it for a short run")

@@ -115,8 +115,8 @@ def official_config(tensors: dict[str, torch.Tensor], args: dict[str, Any], arch
     """The pre-training config of an official run: defaults, then its ``args``, then the explicit
     ``arch`` / ``patch_size`` / ``window_size`` / size overrides, then what the tensors fix
     (ViT image size from ``pos_embed``, head dimensions, whether the last layers are tied)."""
-    from ibot.eval.checkpoints import infer_head_kwargs
     from ibot.models import BACKBONES
+    from ibot.models.shapes import infer_head_kwargs
 
     official_arch = str(args.get("arch", "")).replace("deit", "vit")  # the official code renames DeiT
     if arch is None and official_arch not in BACKBONES:

@@ -41,6 +41,7 @@ The pre-training + evaluation cycle in one command.
 
 STAGES is a '+'-separated list run in that order (default {DEFAULT_STAGES}):
   pretrain   iBOT pre-training                 -> OUTPUT_DIR/pretrain/checkpoint.safetensors, log.jsonl
+             (replaces the run there; --pretrain-args "--resume auto" continues it instead)
   knn        weighted k-NN on frozen [CLS]      -> OUTPUT_DIR/eval/knn.json
   linear     linear probe with an lr sweep      -> OUTPUT_DIR/eval/linear.json
   finetune   end-to-end fine-tuning             -> OUTPUT_DIR/finetune/finetune.json, checkpoint
@@ -117,7 +118,10 @@ def stage_command(stage: str, args: argparse.Namespace, out: Path, checkpoint: P
     budget = CPU_BUDGETS[stage] if args.preset == "cpu" else []
     extra = shlex.split(getattr(args, f"{stage}_args"))
     if stage == "pretrain":
-        base = ["--preset", args.preset, "--data", args.data, "--output-dir", str(out / "pretrain")]
+        base = ["--data", args.data, "--output-dir", str(out / "pretrain")]
+        if not any(a == "--resume" or a.startswith("--resume=") for a in extra):
+            # a new cycle replaces the pre-training of the previous one in its own folder
+            base = ["--preset", args.preset, *base, "--overwrite"]
         if "knn" in args.stage_list:
             base.append("--no-knn")  # the knn stage does it properly
     else:

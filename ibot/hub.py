@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ibot.models import IBOTHead, build_backbone
+from ibot.models.shapes import backbone_shape_of, expected_backbone_shape
 from ibot.train.checkpoint import is_our_checkpoint, strip_prefix
 
 State = dict[str, torch.Tensor]
@@ -90,7 +91,15 @@ def load_backbone(path: str | Path, arch: str = "vit_small", patch_size: int | N
     if arch.startswith("vit") and "pos_embed" in state and patch_size:
         overrides.setdefault("img_size", math.isqrt(state["pos_embed"].shape[1] - 1) * patch_size)
     model = build_backbone(arch, patch_size=patch_size, **overrides)
-    _load_strict(model, state, path, optional=("masked_embed",))
+    try:
+        _load_strict(model, state, path, optional=("masked_embed",))
+    except ValueError as exc:
+        found, built = backbone_shape_of(state), expected_backbone_shape(arch, patch_size, **overrides)
+        if found is None or not found.differences(built):
+            raise
+        detail = str(exc).removeprefix(f"{path} ")
+        raise ValueError(f"{path} holds a {found} (read from its weights), but --arch {arch} builds a {built}: "
+                         f"{Path(path).name} {detail}") from None
     return model.eval()
 
 

@@ -27,7 +27,7 @@ def test_pretrain_smoke_on_embedded_data(tmp_path, monkeypatch):
 
 def test_print_config_applies_overrides(capsys):
     assert main(["pretrain", "--preset", "vit_small_16", "--print-config", "optim.lr=0.001", "--epochs", "3",
-                 "loss.warmup_teacher_temp_epochs=1"]) == 0
+                 "loss.warmup_teacher_temp_epochs=1", "optim.warmup_epochs=1"]) == 0
     text = capsys.readouterr().out
     assert "lr: 0.001" in text and "epochs: 3" in text and "arch: vit_small" in text
 

@@ -1,6 +1,21 @@
+import dataclasses
+import math
+from typing import get_type_hints
+
 import pytest
 
-from ibot.config import PRESETS, augmentation_kwargs, config_from_dict, get_preset, resolve_config
+from ibot.config import (
+    OPTION_LIMITS,
+    PRESETS,
+    PretrainConfig,
+    augmentation_kwargs,
+    config_changes,
+    config_from_dict,
+    get_preset,
+    is_run_defining,
+    option_value,
+    resolve_config,
+)
 
 
 def test_official_vit_small_recipe():
@@ -80,3 +95,63 @@ def test_augmentation_kwargs_carry_the_data_section():
     assert augmentation.local_transform.transforms[4].sigma == (0.05, 0.3)
     assert (augmentation.global_crops_size, augmentation.local_crops_number) == (cfg.data.global_crops_size, 3)
     assert MultiCropAugmentation(**augmentation_kwargs(cfg.data, local_crops_number=0)).local_crops_number == 0
+
+
+def test_every_numeric_option_has_a_range():
+    cfg = PretrainConfig()
+    numeric = []
+    for section in dataclasses.fields(cfg):
+        for name, hint in get_type_hints(type(getattr(cfg, section.name))).items():
+            if any(t in str(hint) for t in ("int", "float")) and hint is not bool:
+                numeric.append(f"{section.name}.{name}")
+    assert sorted(numeric) == sorted(OPTION_LIMITS)
+
+
+def _outside(option: str) -> list[str]:
+    """Values just outside the range of ``option`` (and not-a-number for the float ones)."""
+    cfg, (section, name) = PretrainConfig(), option.split(".")
+    limit, value = OPTION_LIMITS[option], option_value(cfg, option)
+    integer = "float" not in str(get_type_hints(type(getattr(cfg, section)))[name])
+    below = limit.low if limit.low_open else limit.low - (1 if integer else 1e-3)
+    values = [below] + ([limit.high if limit.high_open else limit.high + (1 if integer else 1e-3)]
+                        if math.isfinite(limit.high) else [])
+    values = [int(v) if integer else v for v in values] + ([] if integer else [float("nan"), float("inf")])
+    if isinstance(value, (list, tuple)):  # a list or pair: the bad value in one position
+        return [f"[{', '.join(str(v) for v in [*value[:-1], bad])}]" for bad in values]
+    return [str(v) for v in values]
+
+
+@pytest.mark.parametrize("option", sorted(OPTION_LIMITS))
+def test_values_out_of_range_are_refused_naming_the_option(option):
+    for text in _outside(option):
+        with pytest.raises(ValueError, match=f"^{option}=.* is out of range: .*must be "):
+            resolve_config("vit_small_16", overrides=[f"{option}={text}"])
+
+
+def test_a_negative_lr_or_batch_is_named_as_such():
+    with pytest.raises(ValueError, match=r"^optim.lr=-0.001 is out of range: must be finite and > 0$"):
+        resolve_config("cpu", overrides=["optim.lr=-1e-3"])
+    with pytest.raises(ValueError, match=r"^optim.batch_size_per_device=-8 is out of range: must be >= 1$"):
+        resolve_config("cpu", overrides=["optim.batch_size_per_device=-8"])  # not the KoLeo term's message
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.global_crops_scale=[0.9, 0.4]", "data.global_crops_scale=[0.9, 0.4]: the first value (low) must not exceed"),
+    ("optim.warmup_epochs=6", "optim.warmup_epochs (6) exceeds optim.epochs (5)"),
+    ("run.device=gpu", "run.device must be auto, cpu, cuda or cuda:N"),
+])
+def test_combinations_are_checked(override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        resolve_config("cpu", overrides=[override])
+
+
+def test_changes_on_a_base_config_and_which_define_the_run():
+    base = resolve_config("cpu")
+    cfg = resolve_config(base=base, overrides=["optim.lr=1e-3", "data.data=/my/images", "model.depth=2"])
+    assert base.optim.lr == 4e-3  # a copy was changed
+    changes = config_changes(base, cfg)
+    assert changes == [("model.depth", 4, 2), ("data.data", "fashion-mnist:subset", "/my/images"),
+                       ("optim.lr", 4e-3, 1e-3)]
+    assert [is_run_defining(key) for key, _, _ in changes] == [True, True, False]
+    assert is_run_defining("optim.batch_size_per_device") and is_run_defining("data.local_crops_number")
+    assert not is_run_defining("run.max_steps") and not is_run_defining("data.num_workers")

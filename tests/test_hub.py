@@ -75,6 +75,16 @@ def test_wrong_shapes_missing_files_and_entries_are_refused(tmp_path):
         load_head(tmp_path / "small.pth", in_dim=32, out_dim=8)
 
 
+def test_another_architecture_is_named_with_both_sizes(tmp_path):
+    torch.save({"state_dict": small_vit().state_dict()}, tmp_path / "small.pth")
+    with pytest.raises(ValueError) as caught:
+        load_backbone(tmp_path / "small.pth", arch="vit_small")
+    assert str(caught.value).startswith(f"{tmp_path / 'small.pth'} holds a ViT with patch 8, width 32, depth 1, "
+                                        f"position grid 4 x 4 (read from its weights), but --arch vit_small builds a "
+                                        f"ViT with patch 8, width 384, depth 12, position grid 4 x 4: small.pth does "
+                                        f"not match VisionTransformer: missing keys")
+
+
 def test_our_safetensors_checkpoint(tmp_path):
     teacher = MultiCropWrapper(small_vit(), IBOTHead(32, 16, hidden_dim=16, bottleneck_dim=8, shared_head=True))
     path = save_checkpoint(tmp_path / "checkpoint.safetensors",

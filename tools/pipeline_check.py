@@ -181,8 +181,9 @@ def build_stages(out: Path, lite: bool) -> list[Stage]:
         pretrain = []  # the cpu preset's schedule
         finetune = ["--epochs", "2", "--batch-size", "128", "--num-workers", "2"]
     return [
-        Stage("pretrain", ibot("pretrain", "--preset", "cpu", "--output-dir", str(out / "pretrain"), "--no-progress",
-                               "--no-knn", *pretrain)),
+        # --overwrite: each check starts afresh in its own folder
+        Stage("pretrain", ibot("pretrain", "--preset", "cpu", "--output-dir", str(out / "pretrain"), "--overwrite",
+                               "--no-progress", "--no-knn", *pretrain)),
         Stage("knn", ibot("knn", "--checkpoint", pretrain_ckpt, *eval_data, "--ks", "10", "20", "--num-workers", "0",
                           "--output-dir", str(out / "knn"), "--no-cache", "--no-progress"), needs=["pretrain"]),
         Stage("finetune", ibot("finetune", "--checkpoint", pretrain_ckpt, *eval_data, *finetune,

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ibot.commands import command, resolve_resume
+
+if TYPE_CHECKING:
+    from ibot.config import PretrainConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,25 +28,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     s = p.add_argument_group("shortcuts for common overrides")
     s.add_argument("--data", help="fashion-mnist, cifar10:PATH, cifar100:PATH, stl10:PATH or an ImageFolder path")
-    s.add_argument("--output-dir", help="where checkpoints, config.yaml and log.jsonl go")
+    s.add_argument("--output-dir", help="where checkpoints, config.yaml and log.jsonl go; a folder that holds "
+                                        "another run is refused (see --resume, --overwrite)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size-per-device", type=int)
     s.add_argument("--device", help="auto, cpu or cuda")
     s.add_argument("--precision", help="auto, fp32, bf16 or fp16")
-    s.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps")
+    s.add_argument("--max-steps", type=int, help="stop (with a checkpoint) once the run has made this many steps in "
+                                                 "total, counting those before a resume (0: every epoch)")
     s.add_argument("--seed", type=int)
     s.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     s.add_argument("--no-knn", action="store_true", help="skip the k-NN check at the end")
     s.add_argument("--eval-every", type=int, metavar="N", help="k-NN accuracy of the teacher every N epochs")
     s.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
-    r = p.add_argument_group("resuming")
+    r = p.add_argument_group("resuming and replacing runs")
     r.add_argument("--resume", metavar="CHECKPOINT",
-                   help="continue from one of our checkpoints; 'auto' uses OUTPUT_DIR/checkpoint.safetensors if present")
+                   help="continue a run with the config saved with it: 'auto' is OUTPUT_DIR's (a new run if it has "
+                        "none), or one of our .safetensors checkpoints (OUTPUT_DIR: its folder unless given), or an "
+                        "official checkpoint.pth (config from the command line); options given apply on top")
+    r.add_argument("--allow-changes", action="store_true",
+                   help="resume even if the options given change what the run is (data, batch size, epochs, "
+                        "model, crops)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --output-dir that holds another run, removing its checkpoint, "
+                        "config.yaml, log.jsonl, knn.json and tensorboard/")
 
 
-def _resolve_pretrain_config(args: argparse.Namespace):
-    from ibot.config import resolve_config
-
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The ``section.field=value`` overrides of the command line, shortcuts included."""
     shortcuts = {"data": "data.data", "output_dir": "run.output_dir", "epochs": "optim.epochs",
                  "batch_size_per_device": "optim.batch_size_per_device", "device": "run.device",
                  "precision": "run.precision", "max_steps": "run.max_steps", "seed": "run.seed", "eval_every": "run.eval_every"}
@@ -50,23 +66,127 @@ def _resolve_pretrain_config(args: argparse.Namespace):
         overrides.append("run.knn_eval=false")
     if args.no_tensorboard:
         overrides.append("run.tensorboard=false")
+    return [*args.overrides, *overrides]
+
+
+def _resolve_pretrain_config(args: argparse.Namespace):
+    from ibot.config import resolve_config
+
     preset = args.preset or (None if args.config else "cpu")
-    return resolve_config(preset, args.config, [*args.overrides, *overrides])
+    return resolve_config(preset, args.config, _overrides(args))
+
+
+def _output_dir(args: argparse.Namespace) -> Path:
+    """The run's folder: --output-dir, a run.output_dir override, the folder of a resumed
+    checkpoint of ours, else the preset's (or YAML file's)."""
+    from ibot.config import parse_override, resolve_config
+    from ibot.train.checkpoint import is_our_checkpoint
+
+    if args.output_dir:
+        return Path(args.output_dir)
+    given = [value for key, value in map(parse_override, args.overrides) if key == "run.output_dir"]
+    if given:
+        return Path(str(given[-1]))
+    if args.resume and args.resume != "auto" and is_our_checkpoint(args.resume):
+        return Path(args.resume).parent
+    return Path(resolve_config(args.preset or (None if args.config else "cpu"), args.config).run.output_dir)
+
+
+@dataclass
+class RunStart:
+    """What ``ibot pretrain`` starts: the config, the checkpoint to resume (or None), whether it
+    continues the run of the output folder, and the lines to print about it."""
+
+    cfg: PretrainConfig
+    resume: str | None
+    continues_here: bool
+    notes: list[str]
+    shapes: dict[str, tuple[int, ...]] | None = None  # of a resumed checkpoint of ours
+
+
+def resolve_run(args: argparse.Namespace) -> RunStart:
+    """The config of a new run (preset, YAML, overrides) or of a resumed one: the config saved with
+    the run (checkpoint metadata, else OUTPUT_DIR/config.yaml) with the command line's options on
+    top, refusing those that change what the run is unless ``--allow-changes``. Reads no tensor."""
+    import yaml
+
+    from ibot.config import config_changes, config_from_dict, is_run_defining, resolve_config
+    from ibot.train.checkpoint import is_our_checkpoint, read_shapes
+
+    if not args.resume:
+        return RunStart(_resolve_pretrain_config(args), None, False, [])
+    output_dir = _output_dir(args)
+    resume = resolve_resume(args.resume, output_dir)
+    continues_here = args.resume == "auto" or (resume is not None and Path(resume).resolve()
+                                               == (output_dir / "checkpoint.safetensors").resolve())
+    saved, shapes, source = None, None, None
+    if resume and is_our_checkpoint(resume):
+        shapes, meta = read_shapes(resume)
+        if "config" not in meta:
+            raise ValueError(f"{resume} holds no pre-training config; is it a pre-training checkpoint?")
+        saved, source = meta["config"], f"{resume} (epoch {meta.get('epoch')}, step {meta.get('step_in_epoch')})"
+    elif resume is None and (output_dir / "config.yaml").is_file():  # a run stopped before its first checkpoint
+        source = str(output_dir / "config.yaml")
+        try:
+            saved = yaml.safe_load((output_dir / "config.yaml").read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{source} is not readable YAML ({' '.join(str(exc).split())})") from None
+    overrides = [*_overrides(args), f"run.output_dir={output_dir}"]
+    if saved is None:
+        cfg = resolve_config(args.preset or (None if args.config else "cpu"), args.config, overrides)
+        note = (f"resuming {resume} with the config of the command line" if resume else
+                f"--resume auto: {output_dir} holds no checkpoint, starting a new run")
+        return RunStart(cfg, resume, continues_here, [note])
+    if args.preset or args.config:
+        raise ValueError(f"--preset and --config choose a new run's options; a resumed run keeps those saved with it "
+                         f"({source}): drop them, and give section.field=value to change an option")
+    try:
+        if not isinstance(saved, dict):
+            raise TypeError(f"a {type(saved).__name__}, not a mapping of sections")
+        base = config_from_dict(saved)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: the saved config cannot be read ({exc})") from None
+    base.run.output_dir = str(output_dir)
+    cfg = resolve_config(base=base, overrides=overrides)
+    changes = config_changes(base, cfg)
+    shown = {key: f"{key}={new} (was {old})" for key, old, new in changes}
+    defining = [shown[key] for key, _, _ in changes if is_run_defining(key)]
+    if defining and not args.allow_changes:
+        raise ValueError(f"resuming {source} with {', '.join(defining)} would change what the run is; add "
+                         f"--allow-changes to do it anyway, or start a new run in another --output-dir")
+    what = f"resuming {source}" if resume else f"restarting the run saved in {source} from its first step"
+    notes = [what + (f" with overrides: {', '.join(shown.values())}" if changes else "")]
+    return RunStart(cfg, resume, continues_here, notes, shapes)
 
 
 @command("pretrain", "iBOT pre-training (single process, or several through torchrun)")(add_arguments)
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    cfg = _resolve_pretrain_config(args)
+    from ibot.train.checkpoint import CheckpointWriteError
+    from ibot.train.run_dir import prepare_output_dir
+
+    start = resolve_run(args)
+    cfg = start.cfg
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    from ibot.train.trainer import Pretrainer
+    from ibot.train.trainer import Pretrainer, check_checkpoint_shapes
 
-    resume = resolve_resume(args.resume, cfg.run.output_dir)
+    if start.shapes is not None:  # before building: the saved config may not describe the saved tensors
+        config_name = "its saved config" + (" with your overrides" if args.allow_changes else "")
+        check_checkpoint_shapes(cfg, start.shapes, str(start.resume), config_name)
+    is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's; the process group is not up yet
+    notes = prepare_output_dir(cfg.run.output_dir, start.continues_here, args.overwrite, is_main)
+    if is_main:
+        for line in [*notes, *start.notes]:
+            print(line, file=sys.stderr)
     trainer = Pretrainer(cfg)
-    trainer.fit(resume=resume)
+    try:
+        trainer.fit(resume=start.resume)
+    except CheckpointWriteError as exc:
+        raise CheckpointWriteError(f"{exc}; make room, then continue with: ibot pretrain --resume auto "
+                                   f"--output-dir {cfg.run.output_dir}") from None
     if cfg.run.knn_eval and trainer.dist.is_main and cfg.run.max_steps == 0:
         from ibot.eval.knn import pretrain_knn_report
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
 from ibot.train.checkpoint import is_our_checkpoint
 
 KEYS = ("teacher", "student")
@@ -106,24 +107,30 @@ def load_backbone(path: str | Path, key: str = "teacher", arch: str | None = Non
 def _load_ours(path: Path, key: str, arch: str | None, patch_size: int | None,
                overrides: dict[str, Any]) -> LoadedBackbone:
     from ibot.models import build_backbone
-    from ibot.train.checkpoint import load_checkpoint, strip_prefix
+    from ibot.train.checkpoint import load_checkpoint, read_shapes, strip_prefix
 
-    tensors, meta = load_checkpoint(path, prefix=f"{key}.backbone.")
+    shapes, meta = read_shapes(path, prefix=f"{key}.backbone.")
     if "config" not in meta:
         raise ValueError(f"{path} holds no pre-training config; is it a pre-training checkpoint?")
     file_arch, file_patch, kwargs = backbone_kwargs_from_config(meta["config"])
     if (arch and arch != file_arch) or (patch_size and patch_size != file_patch):
         raise ValueError(f"{path} holds a {file_arch}/{file_patch} backbone, but --arch/--patch-size say "
                          f"{arch or file_arch}/{patch_size or file_patch}")
-    state = strip_prefix(f"{key}.backbone.", tensors)
-    if not state:
+    found = backbone_shape_of(strip_prefix(f"{key}.backbone.", shapes))
+    if found is None:
         raise ValueError(f"{path} has no '{key}.backbone.*' tensors")
+    described = expected_backbone_shape(file_arch, file_patch, **kwargs)
+    if found.differences(described):  # before building: the metadata may promise a huge network
+        raise ValueError(f"{path}: its metadata describes a {file_arch} {described}, but its {key} backbone's "
+                         f"tensors are a {found}; the file's config does not match its weights")
+    state = strip_prefix(f"{key}.backbone.", load_checkpoint(path, prefix=f"{key}.backbone.")[0])
     backbone = build_backbone(file_arch, patch_size=file_patch, masked_im_modeling="masked_embed" in state,
                               **{**kwargs, **overrides})
     try:
         backbone.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"{path}: the '{key}' backbone does not match its config: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"{path}: the '{key}' backbone does not match its config ({file_arch} {described}): "
+                         f"{' '.join(str(exc).split())}") from None
     return LoadedBackbone(backbone.eval(), file_arch, file_patch, kwargs["img_size"], path, key,
                           data=meta["config"]["data"]["data"], build_kwargs=kwargs, meta=meta)
 
@@ -136,25 +143,6 @@ def random_backbone(arch: str, patch_size: int, image_size: int, seed: int = 0, 
     kwargs = {**kwargs, "img_size": image_size}
     backbone = build_backbone(arch, patch_size=patch_size, **kwargs)
     return LoadedBackbone(backbone.eval(), arch, patch_size, image_size, None, build_kwargs=kwargs)
-
-
-def infer_head_kwargs(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """``IBOTHead`` arguments read off a head's tensors (works for ours and official ones)."""
-    if "mlp.weight" in state:  # nlayers = 1: the MLP is a single Linear
-        linears, norm = [state["mlp.weight"]], None
-    else:
-        indices = sorted({int(k.split(".")[1]) for k in state if k.startswith("mlp.") and k.endswith(".weight")})
-        weights = [state[f"mlp.{i}.weight"] for i in indices]
-        linears = [w for w in weights if w.dim() == 2]
-        norm = "ln" if any(w.dim() == 1 for w in weights) else None
-    if not linears or "last_layer.weight_v" not in state:
-        raise ValueError("the checkpoint's head has no mlp.* / last_layer.weight_v tensors")
-    out_dim = state["last_layer.weight_v"].shape[0]
-    patch = state.get("last_layer2.weight_v")
-    return dict(in_dim=linears[0].shape[1], out_dim=out_dim,
-                patch_out_dim=patch.shape[0] if patch is not None else out_dim, norm=norm,
-                nlayers=len(linears), hidden_dim=linears[0].shape[0] if len(linears) > 1 else 2048,
-                bottleneck_dim=linears[-1].shape[0], shared_head=False)
 
 
 def load_head(path: str | Path, key: str = "teacher") -> nn.Module:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -208,7 +209,10 @@ class SwinTransformer(nn.Module):
         return outputs
 
 
+# stem width, blocks per stage and heads per stage of Swin-T (Liu et al.); keyword arguments override them
+SWIN_TINY_SIZES: dict[str, Any] = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+
+
 def swin_tiny(patch_size: int = 4, window_size: int = 7, **kwargs) -> SwinTransformer:
     """Swin-T: stem width 96, depths (2, 2, 6, 2), heads (3, 6, 12, 24); iBOT uses windows 7 and 14."""
-    defaults = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
-    return SwinTransformer(patch_size=patch_size, window_size=window_size, **{**defaults, **kwargs})
+    return SwinTransformer(patch_size=patch_size, window_size=window_size, **{**SWIN_TINY_SIZES, **kwargs})

@@ -194,25 +194,34 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def _vit(defaults: dict, patch_size: int, kwargs: dict) -> VisionTransformer:
-    return VisionTransformer(patch_size=patch_size, **{**defaults, **kwargs})
+# width, depth and heads of the named ViTs (Dosovitskiy et al.; DeiT's ViT-Ti); keyword arguments override them
+VIT_SIZES: dict[str, dict[str, int]] = {
+    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
+    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+
+
+def _vit(name: str, patch_size: int, kwargs: dict) -> VisionTransformer:
+    return VisionTransformer(patch_size=patch_size, **{**VIT_SIZES[name], **kwargs})
 
 
 def vit_tiny(patch_size: int = 16, **kwargs) -> VisionTransformer:
     """ViT-Ti: width 192, depth 12, 3 heads (``embed_dim``/``depth``/``num_heads`` override)."""
-    return _vit(dict(embed_dim=192, depth=12, num_heads=3), patch_size, kwargs)
+    return _vit("vit_tiny", patch_size, kwargs)
 
 
 def vit_small(patch_size: int = 16, **kwargs) -> VisionTransformer:
     """ViT-S: width 384, depth 12, 6 heads."""
-    return _vit(dict(embed_dim=384, depth=12, num_heads=6), patch_size, kwargs)
+    return _vit("vit_small", patch_size, kwargs)
 
 
 def vit_base(patch_size: int = 16, **kwargs) -> VisionTransformer:
     """ViT-B: width 768, depth 12, 12 heads."""
-    return _vit(dict(embed_dim=768, depth=12, num_heads=12), patch_size, kwargs)
+    return _vit("vit_base", patch_size, kwargs)
 
 
 def vit_large(patch_size: int = 16, **kwargs) -> VisionTransformer:
     """ViT-L: width 1024, depth 24, 16 heads."""
-    return _vit(dict(embed_dim=1024, depth=24, num_heads=16), patch_size, kwargs)
+    return _vit("vit_large", patch_size, kwargs)

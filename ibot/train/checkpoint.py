@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 FORMAT = "ibot-checkpoint"
@@ -28,10 +30,36 @@ def is_our_checkpoint(path: str | Path) -> bool:
     return Path(path).suffix == ".safetensors"
 
 
-def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write ``tensors`` and ``meta`` to ``path`` through a temporary file and an atomic rename."""
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, no permission, ...): the file it was to
+    replace is intact and no temporary file is left."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def temporary_files(path: str | Path) -> list[Path]:
+    """The temporary files :func:`save_checkpoint` makes beside ``path`` (a killed process leaves them)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def _write_error(path: Path, exc: Exception) -> CheckpointWriteError:
+    """One line for a failed write; safetensors reports I/O errors as ``SafetensorError``."""
+    reason, code = getattr(exc, "strerror", None), getattr(exc, "errno", None)
+    if reason is None:
+        found = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(exc))
+        reason, code = (found.group(1), int(found.group(2))) if found else (str(exc) or type(exc).__name__, None)
+    kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was written"
+    error = CheckpointWriteError(f"cannot write checkpoint {path}: {reason}; {kept}")
+    error.errno = code
+    return error
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write ``tensors`` and ``meta`` to ``path`` through a temporary file and an atomic rename;
+    :class:`CheckpointWriteError` when that fails (``path`` is then as it was)."""
+    path = Path(path)
     seen: set[tuple[int, int]] = set()
     plain: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
@@ -41,41 +69,61 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
         plain[key] = tensor.clone() if ident in seen else tensor
         seen.add(ident)
     header = {"ibot": json.dumps({"format": FORMAT, "version": VERSION, **meta})}
-    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL as mkstemp, but created with the mode open() gives here under the umask (mkstemp's is
-    # 0600), and that mode is put back after safetensors, which writes its files 0600
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    mode = stat.S_IMODE(os.fstat(fd).st_mode)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        # O_EXCL as mkstemp, but created with the mode open() gives here under the umask (mkstemp's is
+        # 0600), and that mode is put back after safetensors, which writes its files 0600
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        os.close(fd)
         save_file(plain, tmp, metadata=header)
         os.chmod(tmp, mode)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:
+        raise _write_error(path, exc) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
 
-def load_checkpoint(path: str | Path, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read the tensors whose key starts with ``prefix`` and the metadata of one of our files."""
+def _read(path: str | Path, read: Callable[[Any], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``read(handle)`` on the opened file and its metadata, with one-line errors for foreign files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta_text = (handle.metadata() or {}).get("ibot")
-            tensors = {k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}
+            found = read(handle)
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise ValueError(f"{path} is not a readable safetensors checkpoint ({exc})") from exc
     if meta_text is None:
         raise ValueError(f"{path} has no iBOT metadata; is it one of our checkpoints?")
-    meta = json.loads(meta_text)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an iBOT checkpoint (format {meta.get('format')!r})")
-    return tensors, meta
+    try:
+        meta = json.loads(meta_text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} has damaged iBOT metadata ({exc})") from None
+    found_format = meta.get("format") if isinstance(meta, dict) else None
+    if found_format != FORMAT:
+        raise ValueError(f"{path} is not an iBOT checkpoint (format {found_format!r})")
+    return found, meta
+
+
+def load_checkpoint(path: str | Path, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read the tensors whose key starts with ``prefix`` and the metadata of one of our files."""
+    return _read(path, lambda handle: {k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)})
+
+
+def read_shapes(path: str | Path, prefix: str = "") -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+    """The shapes of the tensors whose key starts with ``prefix`` (from the file's header, no
+    tensor is read) and the metadata of one of our files."""
+    return _read(path, lambda handle: {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()
+                                       if k.startswith(prefix)})
 
 
 def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ibot.data.transforms import MultiCropAugmentation
 from ibot.loss import IBOTLoss, koleo_loss
 from ibot.models import IBOTHead, MultiCropWrapper, build_backbone, use_explicit_attention
 from ibot.models.multicrop import pad_mask_index
+from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
 from ibot.train import checkpoint as ckpt
 from ibot.train.distributed import DistInfo, barrier, init_distributed
 from ibot.train.ema import EMAUpdater
@@ -82,6 +84,34 @@ def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiC
     for param in teacher.parameters():
         param.requires_grad_(False)
     return student, teacher
+
+
+# IBOTHead argument -> model.* option
+HEAD_OPTIONS = {"out_dim": "out_dim", "patch_out_dim": "patch_out_dim", "nlayers": "head_nlayers",
+                "hidden_dim": "head_hidden_dim", "bottleneck_dim": "head_bottleneck_dim"}
+
+
+def check_checkpoint_shapes(cfg: PretrainConfig, shapes: Mapping[str, Sequence[int]], source: str,
+                            config_name: str = "this run's config") -> None:
+    """One-line error naming both architectures when the student / teacher tensors of a checkpoint
+    (their shapes) cannot load into the networks ``cfg`` describes; builds nothing."""
+    m = cfg.model
+    expected = expected_backbone_shape(m.arch, **backbone_kwargs(cfg))
+    for name in ("student", "teacher"):
+        found = backbone_shape_of(ckpt.strip_prefix(f"{name}.backbone.", shapes))
+        if found is not None and found.differences(expected):
+            raise ValueError(f"{source} holds a {found} ({name} backbone), but {config_name} builds "
+                             f"model.arch={m.arch}, a {expected}")
+        head = ckpt.strip_prefix(f"{name}.head.", shapes)
+        if not head:
+            continue
+        got = infer_head_kwargs(head)
+        skip = {"hidden_dim"} if got["nlayers"] == 1 else set()  # no hidden layer to read it from
+        skip |= set() if "last_layer2.weight_v" in head else {"patch_out_dim"}
+        differ = [f"model.{option}={getattr(m, option)} (file: {got[kwarg]})" for kwarg, option in HEAD_OPTIONS.items()
+                  if kwarg not in skip and got[kwarg] != getattr(m, option)]
+        if differ:
+            raise ValueError(f"{source}: its {name} head does not fit {config_name}: {', '.join(differ)}")
 
 
 class Pretrainer:
@@ -192,8 +222,13 @@ class Pretrainer:
             if missing:
                 raise ValueError(f"{path} has no {' or '.join(sorted(missing))} network; resuming needs a full "
                                  f"training checkpoint (checkpoint.pth), not a backbone-only file")
-        self.student.load_state_dict(ckpt.strip_prefix("student.", tensors))
-        self.teacher.load_state_dict(ckpt.strip_prefix("teacher.", tensors))
+        check_checkpoint_shapes(self.cfg, {k: v.shape for k, v in tensors.items()}, str(path))
+        for name, network in (("student", self.student), ("teacher", self.teacher)):
+            try:
+                network.load_state_dict(ckpt.strip_prefix(f"{name}.", tensors))
+            except RuntimeError as exc:  # what shapes alone do not show: missing or extra keys
+                raise ValueError(f"{path}: its {name} does not fit this run's {self.cfg.model.arch} networks: "
+                                 f"{' '.join(str(exc).split())}") from None
         self.ibot_loss.center.copy_(tensors["loss.center"])
         self.ibot_loss.center2.copy_(tensors["loss.center2"])
         if "optimizer_param_groups" in meta:
@@ -266,6 +301,8 @@ class Pretrainer:
         """Train to the end (or ``run.max_steps``); returns the logged records."""
         cfg = self.cfg
         state = self.load(resume) if resume else TrainState()
+        if state.step_in_epoch >= self.steps_per_epoch:  # saved after an epoch's last step: the next one is due
+            state = TrainState(state.epoch + 1, 0)
         logger = RunLogger(self.output_dir, enabled=self.dist.is_main, progress=cfg.run.progress,
                            tensorboard=cfg.run.tensorboard)
         if self.dist.is_main:
@@ -276,8 +313,14 @@ class Pretrainer:
                         f"batch {self.global_batch} on {self.dist.world_size} x {self.device.type}"
                         + (f", resumed at epoch {state.epoch} step {state.step_in_epoch}" if resume else ""))
         self.student.train()
-        steps_run, max_steps = 0, cfg.run.max_steps
-        while state.epoch < cfg.optim.epochs:
+        max_steps, done = cfg.run.max_steps, state.epoch * self.steps_per_epoch + state.step_in_epoch
+        if max_steps and done >= max_steps:  # in total, counting the steps before a resume
+            logger.info(f"the run is at step {done}, run.max_steps={max_steps}: nothing to train "
+                        f"(raise run.max_steps, or 0 for every epoch)")
+            logger.close()
+            return logger.records
+        stop = False
+        while state.epoch < cfg.optim.epochs and not stop:
             epoch = state.epoch
             self.sampler.epoch, self.sampler.start_step = epoch, state.step_in_epoch
             meter = logger.start_epoch(epoch, self.steps_per_epoch, state.step_in_epoch)
@@ -287,8 +330,7 @@ class Pretrainer:
                 it = epoch * self.steps_per_epoch + state.step_in_epoch
                 losses = self.train_step(batch, epoch, it)
                 state.step_in_epoch += 1
-                steps_run += 1
-                stop = max_steps > 0 and steps_run >= max_steps
+                stop = max_steps > 0 and it + 1 >= max_steps
                 log_now = (stop or state.step_in_epoch % cfg.run.log_every_steps == 0
                            or state.step_in_epoch == self.steps_per_epoch)
                 if log_now or self.device.type == "cpu":
@@ -299,10 +341,10 @@ class Pretrainer:
                 if log_now:
                     logger.log_step(meter, {"epoch": epoch, "step": state.step_in_epoch, "global_step": it + 1,
                                             **self._schedule_values(epoch, it)})
-                every = cfg.run.checkpoint_every_steps
-                if stop or (every and state.step_in_epoch % every == 0 and state.step_in_epoch < self.steps_per_epoch):
+                every, in_epoch = cfg.run.checkpoint_every_steps, state.step_in_epoch < self.steps_per_epoch
+                if in_epoch and (stop or (every and state.step_in_epoch % every == 0)):
                     self._checkpoint(state)
-                if stop:
+                if stop and in_epoch:  # (a stop on an epoch's last step ends that epoch first)
                     logger.close()
                     return logger.records
                 tic = time.perf_counter()

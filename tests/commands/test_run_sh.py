@@ -49,6 +49,31 @@ def test_failing_stage_stops_the_chain(tiny_run, tmp_path):
     assert "=== stage linear" not in done.stdout and not (tmp_path / "eval" / "linear.json").exists()
 
 
+def test_the_pretrain_stage_replaces_its_own_run_unless_resumed():
+    args = cycle.parse_args([])
+    command = cycle.stage_command("pretrain", args, Path("runs/cycle"), Path("unused"))
+    assert command[3:] == ["pretrain", "--preset", "cpu", "--data", cycle.EMBEDDED_DATA, "--output-dir",
+                           str(Path("runs/cycle/pretrain")), "--overwrite", "--no-knn"]
+    resumed = cycle.stage_command("pretrain", cycle.parse_args(["--pretrain-args", "--resume auto"]), Path("x"),
+                                  Path("unused"))
+    assert "--overwrite" not in resumed and "--preset" not in resumed and resumed[-2:] == ["--resume", "auto"]
+
+
+def test_pretraining_twice_in_a_row(tmp_path):
+    from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
+    from tests.train.helpers import make_image_folder
+
+    folder = make_image_folder(tmp_path / "images")
+    tiny = " ".join([*TINY_MODEL_OVERRIDES, *TINY_CROP_OVERRIDES, "data.num_workers=0", "optim.warmup_epochs=1",
+                     "loss.warmup_teacher_temp_epochs=1", "--batch-size-per-device 4 --epochs 2 --no-progress"])
+    for steps in (2, 1):
+        done = run_sh("pretrain", "--data", str(folder), "--output-dir", str(tmp_path / "cycle"),
+                      "--pretrain-args", f"{tiny} --max-steps {steps}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    log = (tmp_path / "cycle" / "pretrain" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["global_step"] for line in log] == [1]  # the second cycle's run alone
+
+
 def test_cycle_chains_stages_and_reports(tiny_run, tmp_path, monkeypatch, capsys):
     checkpoint, folder = tiny_run
     monkeypatch.chdir(tmp_path)  # the copy of results.json lands in the working directory

@@ -59,3 +59,27 @@ def test_official_checkpoints_give_the_official_outputs(fixtures_dir, official_a
         torch.testing.assert_close(head(ref["tokens_global"][:, 0]), ref["teacher_head_cls"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="backbone-only"):
         load_head(fixtures_dir / "vit_checkpoint_teacher.pth")
+
+
+def test_metadata_that_does_not_describe_the_tensors_is_refused_before_building(tiny_run, tmp_path, monkeypatch,
+                                                                                capsys):
+    from ibot.models import BACKBONES
+    from tests.test_cli_errors import one_line_error
+
+    checkpoint, _ = tiny_run
+    tensors, meta = ckpt.load_checkpoint(checkpoint)
+    meta["config"]["model"]["embed_dim"] = 1_000_000  # a 12 TB first block, were it built
+    crafted = ckpt.save_checkpoint(tmp_path / "crafted.safetensors", tensors, meta)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a backbone was built")
+
+    monkeypatch.setitem(BACKBONES, "vit_tiny", refuse)
+    with pytest.raises(ValueError) as caught:
+        load_backbone(crafted)
+    assert str(caught.value) == (f"{crafted}: its metadata describes a vit_tiny ViT with patch 4, width 1000000, "
+                                 f"depth 1, position grid 4 x 4, but its teacher backbone's tensors are a ViT with "
+                                 f"patch 4, width 32, depth 1, position grid 4 x 4; the file's config does not match "
+                                 f"its weights")
+    line = one_line_error(["knn", "-c", str(crafted), "--batch-size", "8"], capsys)
+    assert "width 1000000" in line and "width 32" in line and "out of memory" not in line

@@ -1,8 +1,10 @@
+import errno
 import os
 import stat
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from ibot.train import checkpoint as ckpt
 
@@ -57,3 +59,33 @@ def test_checkpoint_gets_the_mode_open_gives_under_the_umask(tmp_path, umask):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+
+
+@pytest.mark.parametrize("error", [
+    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),  # safetensors'
+    OSError(errno.ENOSPC, "No space left on device"),
+])
+def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch, error):
+    def full(tensors, filename, metadata=None):
+        raise error
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    path = tmp_path / "c.safetensors"
+    with pytest.raises(ckpt.CheckpointWriteError) as caught:
+        ckpt.save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1})
+    assert str(caught.value) == f"cannot write checkpoint {path}: No space left on device; no checkpoint was written"
+    assert caught.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
+
+
+def test_shapes_and_metadata_without_the_tensors(tmp_path):
+    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"a.w": torch.ones(3, 2), "b": torch.ones(4)}, {"epoch": 2})
+    shapes, meta = ckpt.read_shapes(path, prefix="a.")
+    assert shapes == {"a.w": (3, 2)} and meta["epoch"] == 2
+
+
+def test_temporary_files_of_a_killed_writer_are_found(tmp_path):
+    path = tmp_path / "c.safetensors"
+    left = [tmp_path / ".c.safetensors.x1y2z3.tmp", tmp_path / ".c.safetensors.q9.tmp"]
+    for p in [*left, tmp_path / ".other.safetensors.x.tmp", tmp_path / "c.safetensors.tmp"]:
+        p.write_bytes(b"")
+    assert ckpt.temporary_files(path) == sorted(left)

@@ -26,7 +26,9 @@ def test_resume_continues_exactly(tmp_path, image_folder):
 
     run_dir = tmp_path / "parts"
     first = Pretrainer(tiny_config(run_dir, image_folder, "run.max_steps=3")).fit()
-    second = Pretrainer(tiny_config(run_dir, image_folder, "run.max_steps=3")).fit(resume=run_dir / "checkpoint.safetensors")
+    # run.max_steps counts every step of the run, those before the resume too
+    second = Pretrainer(tiny_config(run_dir, image_folder, "run.max_steps=6")).fit(
+        resume=run_dir / "checkpoint.safetensors")
     third = Pretrainer(tiny_config(run_dir, image_folder)).fit(resume=run_dir / "checkpoint.safetensors")
     parts = step_losses(first) + step_losses(second) + step_losses(third)
     assert [p[:2] for p in parts] == [f[:2] for f in step_losses(full)]
@@ -38,6 +40,35 @@ def test_resume_continues_exactly(tmp_path, image_folder):
     assert meta["epoch"] == 2 and meta["step_in_epoch"] == 0
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_stop_on_the_last_step_of_an_epoch_ends_that_epoch(tmp_path, image_folder):
+    first = Pretrainer(tiny_config(tmp_path, image_folder, "run.max_steps=4")).fit()  # 4 steps per epoch
+    assert [(r["type"], r["epoch"]) for r in first][-2:] == [("step", 0), ("epoch", 0)]
+    assert ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["epoch"] == 1
+    rest = Pretrainer(tiny_config(tmp_path, image_folder)).fit(resume=tmp_path / "checkpoint.safetensors")
+    assert [r["global_step"] for r in rest if r["type"] == "step"] == [5, 6, 7, 8]
+
+
+def test_max_steps_counts_the_steps_before_a_resume(tmp_path, image_folder):
+    Pretrainer(tiny_config(tmp_path, image_folder, "run.max_steps=2")).fit()
+    more = Pretrainer(tiny_config(tmp_path, image_folder, "run.max_steps=3")).fit(
+        resume=tmp_path / "checkpoint.safetensors")
+    assert [r["global_step"] for r in more if r["type"] == "step"] == [3]
+    assert ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["global_step"] == 3
+
+
+def test_a_checkpoint_of_another_architecture_is_named(tmp_path, image_folder):
+    Pretrainer(tiny_config(tmp_path, image_folder, "run.max_steps=1")).fit()
+    wider = Pretrainer(tiny_config(tmp_path / "wider", image_folder, "model.embed_dim=64"))
+    with pytest.raises(ValueError) as caught:
+        wider.load(tmp_path / "checkpoint.safetensors")
+    message = str(caught.value)
+    assert "holds a ViT with patch 4, width 32, depth 1" in message
+    assert "builds model.arch=vit_tiny, a ViT with patch 4, width 64, depth 1" in message
+    other_head = Pretrainer(tiny_config(tmp_path / "head", image_folder, "model.out_dim=32", "model.patch_out_dim=32"))
+    with pytest.raises(ValueError, match=r"student head does not fit this run's config: model.out_dim=32 \(file: 64\)"):
+        other_head.load(tmp_path / "checkpoint.safetensors")
 
 
 def test_checkpoint_holds_everything_needed(tmp_path, image_folder):
@@ -190,7 +221,7 @@ def test_resume_from_official_full_checkpoint(tmp_path, image_folder, fixtures_d
     raw = torch.load(official, weights_only=False)
     assert state.epoch == raw["epoch"] and state.step_in_epoch == 0
     torch.testing.assert_close(trainer.ibot_loss.center, raw["ibot_loss"]["center"])
-    trainer.cfg.run.max_steps = 1
+    trainer.cfg.run.max_steps = raw["epoch"] * trainer.steps_per_epoch + 1  # one step past the resume point
     records = trainer.fit(resume=official)
     assert records[0]["epoch"] == raw["epoch"]
 
