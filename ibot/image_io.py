@@ -3,8 +3,8 @@ visualisations, so that a file is decoded the same way everywhere. Torch-free (`
 runs on onnxruntime alone).
 
 Every Pillow mode becomes RGB as torchvision's ImageFolder loader makes it (``convert("RGB")``,
-alpha dropped), except that 16-bit and float grayscale is scaled to 8 bits instead of clipped to
-white, and palette transparency goes through RGBA as Pillow asks.
+alpha dropped), except that 16-bit grayscale is scaled by its bit depth (65535 -> 255) instead of
+clipped to white, and palette transparency goes through RGBA as Pillow asks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from PIL import Image
 
 __all__ = ["CorruptImageError", "load_rgb", "to_rgb"]
 
-_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Pillow's modes for 16-bit grayscale: I;16* (PNG, TIFF) and I (PGM, whose decoder stretches any
+# maxval to 0..65535; also 32-bit integer TIFFs, whose values above 65535 are clipped)
+_16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class CorruptImageError(OSError, ValueError):
@@ -35,11 +37,12 @@ class CorruptImageError(OSError, ValueError):
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB; 16-bit integer images are divided by 257, float ones clipped to 0..255."""
-    if image.mode in _HIGH_DEPTH_MODES:
+    """Any Pillow mode -> RGB; 16-bit images are divided by 257 (their bit depth, whatever their
+    largest value: a dark image stays dark), float ones clipped to 0..255."""
+    if image.mode in (*_16_BIT_MODES, "F"):
         pixels = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I"):
-            pixels = pixels / (257.0 if pixels.max(initial=0) > 255 else 1.0)
+        if image.mode in _16_BIT_MODES:
+            pixels = pixels / 257.0  # 0..65535 -> 0..255
         image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -57,3 +60,4 @@ def load_rgb(path: str | Path) -> Image.Image:
                 return to_rgb(image)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         raise CorruptImageError(path, " ".join(str(exc).split()) or type(exc).__name__) from None
+
