@@ -5,6 +5,8 @@ runs on onnxruntime alone).
 Every Pillow mode becomes RGB as torchvision's ImageFolder loader makes it (``convert("RGB")``,
 alpha dropped), except that 16-bit grayscale is scaled by its bit depth (65535 -> 255) instead of
 clipped to white, and palette transparency goes through RGBA as Pillow asks.
+
+:func:`format_skipped` is the one way every command reports the images it could not read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["CorruptImageError", "load_rgb", "to_rgb"]
+__all__ = ["CorruptImageError", "format_skipped", "load_rgb", "to_rgb"]
 
 # Pillow's modes for 16-bit grayscale: I;16* (PNG, TIFF) and I (PGM, whose decoder stretches any
 # maxval to 0..65535; also 32-bit integer TIFFs, whose values above 65535 are clipped)
@@ -61,3 +63,9 @@ def load_rgb(path: str | Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         raise CorruptImageError(path, " ".join(str(exc).split()) or type(exc).__name__) from None
 
+
+def format_skipped(count: int, example: str | None = None) -> str:
+    """The one report of unreadable images: ``skipped N unreadable images (e.g. PATH)``."""
+    if count == 1:
+        return "skipped 1 unreadable image" + (f" ({example})" if example else "")
+    return f"skipped {count} unreadable images" + (f" (e.g. {example})" if example else "")

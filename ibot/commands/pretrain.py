@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ibot.commands import command, resolve_resume
@@ -62,10 +63,17 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    from ibot.data.datasets import val_split_problem
     from ibot.train.trainer import Pretrainer
 
     resume = resolve_resume(args.resume, cfg.run.output_dir)
     trainer = Pretrainer(cfg)
+    problem = val_split_problem(cfg.data.data) if cfg.run.knn_eval or cfg.run.eval_every else None
+    if problem:  # known before the first step, not after the training
+        if trainer.dist.is_main:
+            print(f"ibot pretrain: no k-NN check (end of run, --eval-every) without a labelled val split: {problem}",
+                  file=sys.stderr)
+        cfg.run.knn_eval, cfg.run.eval_every = False, 0
     trainer.fit(resume=resume)
     if cfg.run.knn_eval and trainer.dist.is_main and cfg.run.max_steps == 0:
         from ibot.eval.knn import pretrain_knn_report

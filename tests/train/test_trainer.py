@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from ibot.train import checkpoint as ckpt
 from ibot.train.trainer import NonFiniteLossError, Pretrainer
-from tests.train.helpers import tiny_config
+from tests.train.helpers import make_image_folder, tiny_config
 
 
 def step_losses(records):
@@ -200,7 +200,11 @@ def test_backbone_only_official_file_cannot_resume(tmp_path, image_folder, fixtu
 
 
 def test_periodic_knn_and_tensorboard_events(tmp_path, image_folder):
-    records = Pretrainer(tiny_config(tmp_path, image_folder, "run.eval_every=1", "run.tensorboard=true")).fit()
+    data = tmp_path / "data"  # train/ and a val/ of other images: k-NN needs a held-out split
+    data.mkdir()
+    image_folder.rename(data / "train")
+    make_image_folder(data / "val", n_per_class=3, seed=1)
+    records = Pretrainer(tiny_config(tmp_path, data, "run.eval_every=1", "run.tensorboard=true")).fit()
     epochs = [r for r in records if r["type"] == "epoch"]
     assert len(epochs) == 2 and all(0.0 <= r["knn_top1"] <= 100.0 for r in epochs)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
