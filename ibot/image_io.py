@@ -3,8 +3,10 @@ visualisations, so that a file is decoded the same way everywhere. Torch-free (`
 runs on onnxruntime alone).
 
 Every Pillow mode becomes RGB as torchvision's ImageFolder loader makes it (``convert("RGB")``,
-alpha dropped), except that 16-bit and float grayscale is scaled to 8 bits instead of clipped to
-white, and palette transparency goes through RGBA as Pillow asks.
+alpha dropped), except that 16-bit grayscale is scaled by its bit depth (65535 -> 255) instead of
+clipped to white, and palette transparency goes through RGBA as Pillow asks.
+
+:func:`format_skipped` is the one way every command reports the images it could not read.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["CorruptImageError", "load_rgb", "to_rgb"]
+__all__ = ["CorruptImageError", "format_skipped", "load_rgb", "to_rgb"]
 
-_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Pillow's modes for 16-bit grayscale: I;16* (PNG, TIFF) and I (PGM, whose decoder stretches any
+# maxval to 0..65535; also 32-bit integer TIFFs, whose values above 65535 are clipped)
+_16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class CorruptImageError(OSError, ValueError):
@@ -35,11 +39,12 @@ class CorruptImageError(OSError, ValueError):
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB; 16-bit integer images are divided by 257, float ones clipped to 0..255."""
-    if image.mode in _HIGH_DEPTH_MODES:
+    """Any Pillow mode -> RGB; 16-bit images are divided by 257 (their bit depth, whatever their
+    largest value: a dark image stays dark), float ones clipped to 0..255."""
+    if image.mode in (*_16_BIT_MODES, "F"):
         pixels = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I"):
-            pixels = pixels / (257.0 if pixels.max(initial=0) > 255 else 1.0)
+        if image.mode in _16_BIT_MODES:
+            pixels = pixels / 257.0  # 0..65535 -> 0..255
         image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -57,3 +62,10 @@ def load_rgb(path: str | Path) -> Image.Image:
                 return to_rgb(image)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         raise CorruptImageError(path, " ".join(str(exc).split()) or type(exc).__name__) from None
+
+
+def format_skipped(count: int, example: str | None = None) -> str:
+    """The one report of unreadable images: ``skipped N unreadable images (e.g. PATH)``."""
+    if count == 1:
+        return "skipped 1 unreadable image" + (f" ({example})" if example else "")
+    return f"skipped {count} unreadable images" + (f" (e.g. {example})" if example else "")

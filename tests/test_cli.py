@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from ibot.cli import main
-from ibot.config import TINY_MODEL_OVERRIDES
+from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
+from tests.train.helpers import make_image_folder
 
 TINY = [*TINY_MODEL_OVERRIDES, "data.num_workers=0"]
 
@@ -23,6 +24,23 @@ def test_pretrain_smoke_on_embedded_data(tmp_path, monkeypatch):
     assert (out / "checkpoint.safetensors").is_file() and (out / "config.yaml").is_file()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "step"] == [2]
+
+
+def test_pretrain_without_a_val_split_trains_and_says_it_skips_the_knn_checks(tmp_path, capsys):
+    """A tree of class folders has no val split: pre-training says so before its first step, then
+    trains without the k-NN checks instead of scoring its own training images."""
+    images = make_image_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    code = main(["pretrain", "--preset", "cpu", "--data", str(images), "--output-dir", str(out), "--epochs", "1",
+                 "--batch-size-per-device", "8", "--eval-every", "1", "--no-progress", "optim.warmup_epochs=0",
+                 "loss.warmup_teacher_temp_epochs=0", *TINY, *TINY_CROP_OVERRIDES])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"ibot pretrain: no k-NN check (end of run, --eval-every) without a labelled val split: {images}" in err
+    assert err.index("no k-NN check") < err.index("iBOT pre-training:")  # before the first step
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0] and "knn_top1" not in records[-1]
+    assert not (out / "knn.json").exists()
 
 
 def test_print_config_applies_overrides(capsys):

@@ -53,3 +53,13 @@ def test_corrupt_error_is_both_kinds_and_pickles_with_its_path(tmp_path):
     assert isinstance(error, OSError) and isinstance(error, ValueError)
     again = pickle.loads(pickle.dumps(error))
     assert again.path == str(tmp_path / "bad.png") and str(again) == str(error)
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff", "pgm"])  # Pillow modes I;16 (PNG, TIFF) and I (16-bit PGM)
+@pytest.mark.parametrize("top", [255, 65535])  # a dark image, whose largest value fits in 8 bits, and a full one
+def test_16_bit_images_are_scaled_by_their_bit_depth(fmt, top, tmp_path):
+    values = np.linspace(0, top, 12 * 14).round().astype(np.uint16).reshape(12, 14)
+    Image.fromarray(values).save(tmp_path / f"x.{fmt}")
+    gray = np.asarray(load_rgb(tmp_path / f"x.{fmt}"))
+    assert gray.shape == (12, 14, 3) and (gray == gray[..., :1]).all()
+    np.testing.assert_array_equal(gray[..., 0], np.rint(values / 257.0).astype(np.uint8))  # 65535 -> 255

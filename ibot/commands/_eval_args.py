@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ibot.data.datasets import Holdout
 
 from ibot.commands import add_output_dir
 
@@ -29,6 +32,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                                                   "224 for official checkpoints)")
     g.add_argument("--crop-pct", type=float, help="resize to image-size / crop-pct, then center-crop "
                                                   "(default: 0.875, or 1 under 64 px)")
+    add_holdout_arguments(g)
     g.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     g.add_argument("--num-workers", type=int, default=2, help="data-loading processes")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -37,6 +41,30 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--cache-dir", help="where extracted features are cached (default: OUTPUT_DIR/features)")
     o.add_argument("--no-cache", action="store_true", help="extract features again and keep nothing on disk")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_holdout_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--holdout", type=float, metavar="FRACTION",
+                   help="evaluate on this share of the train split (drawn with --holdout-seed), the rest being the "
+                        "train side; for data with no val/ or test/ folder (a tree of class folders)")
+    g.add_argument("--holdout-seed", type=int, metavar="SEED", help="seed of the --holdout draw (default: 0)")
+
+
+def holdout(args: argparse.Namespace) -> Holdout | None:
+    """The :class:`ibot.data.datasets.Holdout` asked for with ``--holdout``, or None."""
+    from ibot.data.datasets import Holdout
+
+    if args.holdout is None:
+        if args.holdout_seed is not None:
+            raise ValueError("--holdout-seed needs --holdout FRACTION")
+        return None
+    return Holdout(args.holdout, args.holdout_seed or 0)
+
+
+def holdout_info(held: Holdout | None) -> dict[str, Any]:
+    """The hold-out of a run as the results JSON records it (None: the dataset's own val split)."""
+    return {"holdout": None if held is None else {"fraction": held.fraction, "seed": held.seed,
+                                                  "description": held.describe()}}
 
 
 def load_model(args: argparse.Namespace, **overrides: Any):
@@ -79,6 +107,7 @@ def train_val_features(args: argparse.Namespace, loaded, forward, kind: str):
     import torch
 
     from ibot.eval.features import evaluation_transform, split_features
+    from ibot.image_io import format_skipped
 
     data = data_spec(args, loaded)
     transform = evaluation_transform(image_size(args, loaded), args.crop_pct)
@@ -86,16 +115,20 @@ def train_val_features(args: argparse.Namespace, loaded, forward, kind: str):
     loaded.backbone.to(dev).eval()
     if isinstance(forward, torch.nn.Module):
         forward.to(dev).eval()
-    common = dict(cache=feature_cache(args), batch_size=args.batch_size, num_workers=args.num_workers,
+    held = holdout(args)
+    common = dict(cache=feature_cache(args), holdout=held, batch_size=args.batch_size, num_workers=args.num_workers,
                   device=dev, progress=not args.no_progress)
     identity = loaded.identity()
     train_x, train_y, train_skipped = split_features(forward, identity, kind, data, "train", transform, **common)
     val_x, val_y, val_skipped = split_features(forward, identity, kind, data, "val", transform, **common)
     info = {"checkpoint": str(args.checkpoint), "key": args.key, "arch": loaded.arch, "patch_size": loaded.patch_size,
-            "data": data, "num_train": len(train_y), "num_val": len(val_y),
+            "data": data, **holdout_info(held), "num_train": len(train_y), "num_val": len(val_y),
             "skipped_images": len(train_skipped) + len(val_skipped)}
-    for why in (train_skipped + val_skipped)[:1]:
-        print(f"skipped {len(train_skipped) + len(val_skipped)} unreadable images (e.g. {why})")
+    if held is not None:
+        print(f"{data}: {held.describe()}: {len(train_y)} train / {len(val_y)} val images")
+    skipped = train_skipped + val_skipped
+    if skipped:
+        print(format_skipped(len(skipped), skipped[0]))
     return train_x, train_y, val_x, val_y, info
 
 

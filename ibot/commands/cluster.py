@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     transform = evaluation_transform(common.image_size(args, loaded), args.crop_pct)
     dev = common.device(args)
     backbone = loaded.backbone.to(dev).eval()
-    extract = dict(cache=common.feature_cache(args), batch_size=args.batch_size, num_workers=args.num_workers,
-                   device=dev, progress=not args.no_progress)
+    held = common.holdout(args)
+    extract = dict(cache=common.feature_cache(args), holdout=held, batch_size=args.batch_size,
+                   num_workers=args.num_workers, device=dev, progress=not args.no_progress)
     identity = loaded.identity()
     results = {}
     if "prototypes" in args.methods:
@@ -44,12 +45,14 @@ def run(args: argparse.Namespace) -> int:
                                  "num_prototypes": head.out_dim}
     if "kmeans" in args.methods:
         features, labels, _ = split_features(backbone, identity, "cls", data, args.split, transform, **extract)
-        k = args.num_clusters or len(build_dataset(data, args.split).classes)
+        k = args.num_clusters or len(build_dataset(data, args.split, held).classes)
         results["kmeans"] = {**cluster_scores(labels.numpy(), kmeans_clusters(features, k, seed=args.seed)), "k": k}
-    print(f"unsupervised classification of {data} ({args.split}), {loaded.name} {args.key}:")
+    print(f"unsupervised classification of {data} ({args.split}{f', {held.describe()}' if held else ''}), "
+          f"{loaded.name} {args.key}:")
     for method, r in results.items():
         print(f"  {method:<10} NMI {r['nmi']:6.2f}  ARI {r['ari']:6.2f}  ACC {r['acc']:6.2f}%  "
               f"purity {r['purity']:6.2f}%  ({r['num_clusters']} clusters used)")
     common.write_results(args, "cluster", {"checkpoint": args.checkpoint, "key": args.key, "arch": loaded.arch,
-                                           "data": data, "split": args.split, "results": results})
+                                           "data": data, "split": args.split, **common.holdout_info(held),
+                                           "results": results})
     return 0

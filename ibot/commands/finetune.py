@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, help="training and evaluation size (default: the pre-training crop "
                                                   "size, 224 for official checkpoints)")
     g.add_argument("--crop-pct", type=float, help="evaluation resize/center-crop ratio (default: 0.875, 1 under 64 px)")
+    common.add_holdout_arguments(g)
     g.add_argument("--num-workers", type=int, default=min(d.num_workers, os.cpu_count() or 1),
                    help="data-loading processes")
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
@@ -75,15 +76,18 @@ def run(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay, image_size=common.image_size(args, loaded), crop_pct=args.crop_pct,
         num_workers=args.num_workers, seed=args.seed, device=args.device, progress=not args.no_progress)
     data = common.data_spec(args, loaded)
+    held = common.holdout(args)
     info = {"checkpoint": str(args.checkpoint), "key": args.key, "arch": loaded.arch,
             "patch_size": loaded.patch_size, "build_kwargs": loaded.build_kwargs}
-    tuner = Finetuner(loaded.backbone, loaded.arch, data, cfg, out, backbone_info=info)
-    print(f"fine-tuning {loaded.name} ({args.key} of {args.checkpoint}) on {data}: {len(tuner.train_set)} train / "
+    tuner = Finetuner(loaded.backbone, loaded.arch, data, cfg, out, backbone_info=info, holdout=held)
+    print(f"fine-tuning {loaded.name} ({args.key} of {args.checkpoint}) on {data}"
+          f"{f' ({held.describe()})' if held else ''}: {len(tuner.train_set)} train / "
           f"{len(tuner.val_set)} val images, {cfg.epochs} epochs, layer decay {tuner.layer_decay}")
     results = tuner.fit(resume=resume)
     print(f"fine-tuning: best top-1 {results['top1']:.2f}% (epoch {results['best_epoch']}, {results['best_from']}), "
           f"last top-1 {results['last_top1']:.2f}% top-5 {results['last_top5']:.2f}%")
     path = out / "finetune.json"
-    path.write_text(json.dumps({**info, "data": data, "config": dataclasses.asdict(cfg), **results}, indent=2))
+    path.write_text(json.dumps({**info, "data": data, **common.holdout_info(held), "config": dataclasses.asdict(cfg),
+                                **results}, indent=2))
     print(f"results written to {path}")
     return 0

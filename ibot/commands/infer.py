@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("infer", "features or top-5 predictions of an exported ONNX model on images (onnxruntime)")(add_arguments)
 def run(args: argparse.Namespace) -> int:
+    from ibot.image_io import format_skipped
     from ibot.infer import run_inference, write_results
 
     from ibot.progress import write
@@ -30,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or ("features.npy" if result.kind == "features" else "predictions.json")
     written = write_results(result, output)
     print(f"{len(result.files)} images -> {', '.join(map(str, written))}"
-          + (f"; skipped {len(result.skipped)} unreadable" if result.skipped else ""))
+          + (f"; {format_skipped(len(result.skipped), result.skipped[0][0])}" if result.skipped else ""))
     return 0

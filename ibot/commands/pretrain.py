@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    from ibot.data.datasets import val_split_problem
     from ibot.train.trainer import Pretrainer, check_checkpoint_shapes
 
     if start.shapes is not None:  # before building: the saved config may not describe the saved tensors
@@ -182,6 +183,12 @@ def run(args: argparse.Namespace) -> int:
         for line in [*notes, *start.notes]:
             print(line, file=sys.stderr)
     trainer = Pretrainer(cfg)
+    problem = val_split_problem(cfg.data.data) if cfg.run.knn_eval or cfg.run.eval_every else None
+    if problem:  # known before the first step, not after the training
+        if trainer.dist.is_main:
+            print(f"ibot pretrain: no k-NN check (end of run, --eval-every) without a labelled val split: {problem}",
+                  file=sys.stderr)
+        cfg.run.knn_eval, cfg.run.eval_every = False, 0
     try:
         trainer.fit(resume=start.resume)
     except CheckpointWriteError as exc:

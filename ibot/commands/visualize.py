@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ibot.commands import Formatter, add_output_dir, add_output_file, command
@@ -78,6 +79,7 @@ def _load(args: argparse.Namespace):
 
 
 def _attention(args: argparse.Namespace) -> int:
+    from ibot.image_io import CorruptImageError, format_skipped
     from ibot.visualize.attention import check_vit, visualize_attention
 
     if args.heads_per_row < 1:
@@ -89,14 +91,24 @@ def _attention(args: argparse.Namespace) -> int:
     check_vit(backbone, loaded.arch)
     out_dir = Path(args.output_dir)
     used: set[str] = set()
+    unreadable: list[CorruptImageError] = []
     for image in args.images:
         stem = Path(image).stem
         name, n = f"{stem}_attention.png", 1
         while name in used:  # same file name in different folders
             name, n = f"{stem}_{n}_attention.png", n + 1
+        try:
+            visualize_attention(backbone, image, out_dir / name, size, args.mass, args.heads_per_row)
+        except CorruptImageError as exc:  # draw the others
+            unreadable.append(exc)
+            continue
         used.add(name)
-        visualize_attention(backbone, image, out_dir / name, size, args.mass, args.heads_per_row)
         print(out_dir / name)
+    if unreadable:
+        message = format_skipped(len(unreadable), str(unreadable[0]))
+        if len(unreadable) == len(args.images):
+            raise ValueError(f"nothing drawn: {message}")
+        print(message, file=sys.stderr)
     return 0
 
 

@@ -3,12 +3,13 @@
 from ibot.data.batched_color import ColorParamSampler, apply_color
 from ibot.data.datasets import (
     CorruptImageError,
-    SkipCorrupt,
+    Holdout,
     build_dataset,
     collate_skip_corrupt,
     format_skipped,
     load_rgb,
     safe_getitem,
+    val_split_problem,
 )
 from ibot.data.fashion_mnist import FashionMNIST
 from ibot.data.masking import MaskGenerator
@@ -33,12 +34,12 @@ __all__ = [
     "CorruptImageError",
     "EpochBatchSampler",
     "FashionMNIST",
+    "Holdout",
     "MaskGenerator",
     "MultiCropAugmentation",
     "PretrainBatch",
     "PretrainDataset",
     "PretrainSample",
-    "SkipCorrupt",
     "apply_color",
     "build_dataset",
     "collate_pretrain",
@@ -47,4 +48,5 @@ __all__ = [
     "format_skipped",
     "load_rgb",
     "safe_getitem",
+    "val_split_problem",
 ]

@@ -1,8 +1,9 @@
 """Seeded per-sample pre-training pipeline, the epoch batch sampler and the collate function.
 
-Every random choice for a sample (crops, colour, blur, masks) is seeded from
-``(seed, epoch, index)``, and the order of samples from ``(seed, epoch)``, so a run gives the same
-batches whatever the number of workers, the world size or the step it was resumed from.
+Every random choice for a sample (crops, colour, blur, masks, and the stand-in for an unreadable
+image) is seeded from ``(seed, epoch, index)``, and the order of samples from ``(seed, epoch)``, so
+a run gives the same batches whatever the number of workers, the world size or the step it was
+resumed from.
 
 Use with a torch ``DataLoader``::
 
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from ibot.data.datasets import safe_getitem
+from ibot.data.datasets import format_skipped, safe_getitem
 
 __all__ = [
     "EpochBatchSampler",
@@ -34,11 +35,20 @@ __all__ = [
     "PretrainSample",
     "collate_pretrain",
     "sample_seeds",
+    "stand_in_order",
 ]
 
 MaskGeneratorFn = Callable[[tuple[int, int], int, np.random.Generator], np.ndarray]
-# first word of the SeedSequence spawn key: keeps the two uses of (seed, epoch, ...) apart
-_SAMPLE_STREAM, _ORDER_STREAM = 0, 1
+# first word of the SeedSequence spawn key: keeps the uses of (seed, epoch, ...) apart
+_SAMPLE_STREAM, _ORDER_STREAM, _STAND_IN_STREAM = 0, 1, 2
+
+
+def stand_in_order(seed: int, epoch: int, index: int, n: int) -> Iterator[int]:
+    """The images tried, in turn, in place of an unreadable image ``index`` of ``range(n)``: every
+    other index once, in an order drawn from ``(seed, epoch, index)`` (uniform: no image stands
+    in more often than another)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_STAND_IN_STREAM, epoch, index)))
+    return (int(i) for i in rng.permutation(n) if i != index)
 
 
 def sample_seeds(seed: int, epoch: int, index: int) -> tuple[int, np.random.Generator]:
@@ -56,8 +66,7 @@ class PretrainSample:
     global_crops: list[Tensor]  # G x (3, H, W)
     local_crops: list[Tensor]  # L x (3, h, w)
     masks: list[Tensor]  # G x (H // stride, W // stride) bool
-    n_skipped: int  # unreadable images passed over to reach this one
-    skipped_example: str | None
+    skipped: tuple[str, ...]  # unreadable files met on the way to this image (its own first), each once
     color_params: list[Tensor] | None = None  # (G + L) x (NUM_PARAMS,) with batched colour (uint8 crops)
 
 
@@ -68,8 +77,7 @@ class PretrainBatch:
     global_crops: Tensor  # (G * B, 3, H, W)
     local_crops: Tensor | None  # (L * B, 3, h, w), None without local crops
     masks: Tensor  # (G * B, H // stride, W // stride) bool, True = masked
-    n_skipped: int = 0
-    skipped_example: str | None = None
+    skipped: tuple[str, ...] = ()  # the unreadable files its samples met, each once
     # batched colour: the crops are uint8 and these rows (crop-major) hold their colour parameters
     global_params: Tensor | None = None  # (G * B, NUM_PARAMS)
     local_params: Tensor | None = None  # (L * B, NUM_PARAMS)
@@ -78,8 +86,8 @@ class PretrainBatch:
         def maybe(t: Tensor | None) -> Tensor | None:
             return None if t is None else fn(t)
 
-        return PretrainBatch(fn(self.global_crops), maybe(self.local_crops), fn(self.masks), self.n_skipped,
-                             self.skipped_example, maybe(self.global_params), maybe(self.local_params))
+        return PretrainBatch(fn(self.global_crops), maybe(self.local_crops), fn(self.masks), self.skipped,
+                             maybe(self.global_params), maybe(self.local_params))
 
     def pin_memory(self) -> PretrainBatch:
         """Called by ``DataLoader(pin_memory=True)``."""
@@ -95,7 +103,8 @@ class PretrainDataset(Dataset):
     ``base`` yields ``(image, label)``; ``augmentation(image)`` returns the global crops first
     (it must have ``global_crops_number``), then the local ones; ``mask_generator(grid, epoch,
     rng)`` draws one mask per global crop on the grid ``(H // mask_stride, W // mask_stride)``.
-    An unreadable image is replaced by the next readable one (wrapping), and counted.
+    An unreadable image is replaced by a readable one drawn from ``(seed, epoch, index)``
+    (:func:`stand_in_order`), and the unreadable files met are named in ``skipped``.
     """
 
     def __init__(
@@ -122,19 +131,22 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def _load(self, index: int) -> tuple[object, int, str | None]:
-        n = len(self.base)
-        example = None
-        for offset in range(n):
-            item, skipped = safe_getitem(self.base, (index + offset) % n)
-            if skipped is None:
-                return item[0], offset, example
-            example = example or skipped
-        raise ValueError(f"no readable image in the dataset (e.g. {example})")
+    def _load(self, epoch: int, index: int) -> tuple[object, tuple[str, ...]]:
+        """Image ``index``, or its first readable stand-in; and the unreadable files met."""
+        item, unreadable = safe_getitem(self.base, index)
+        if unreadable is None:
+            return item[0], ()
+        skipped = [unreadable]
+        for candidate in stand_in_order(self.seed, epoch, index, len(self.base)):
+            item, unreadable = safe_getitem(self.base, candidate)
+            if unreadable is None:
+                return item[0], tuple(skipped)
+            skipped.append(unreadable)
+        raise ValueError(f"no readable image in the dataset: {format_skipped(len(skipped), skipped[0])}")
 
     def __getitem__(self, key: tuple[int, int]) -> PretrainSample:
         epoch, index = key
-        image, n_skipped, example = self._load(index)
+        image, skipped = self._load(epoch, index)
         torch_seed, mask_rng = sample_seeds(self.seed, epoch, index)
         python_state = random.getstate()
         with torch.random.fork_rng(devices=[]):  # leaves the caller's generators untouched
@@ -152,7 +164,7 @@ class PretrainDataset(Dataset):
         for crop in global_crops:
             grid = (crop.shape[-2] // self.mask_stride, crop.shape[-1] // self.mask_stride)
             masks.append(torch.from_numpy(self.mask_generator(grid, epoch, mask_rng)))
-        return PretrainSample(global_crops, local_crops, masks, n_skipped, example, color_params)
+        return PretrainSample(global_crops, local_crops, masks, skipped, color_params)
 
 
 def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
@@ -173,9 +185,8 @@ def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
         global_params = crop_major(lambda s: s.color_params, range(num_global))
         if num_local:
             local_params = crop_major(lambda s: s.color_params, range(num_global, num_global + num_local))
-    examples = [s.skipped_example for s in items if s.skipped_example]
-    return PretrainBatch(global_crops, local_crops, masks, sum(s.n_skipped for s in items),
-                         examples[0] if examples else None, global_params, local_params)
+    skipped = tuple(dict.fromkeys(path for s in items for path in s.skipped))  # each file once
+    return PretrainBatch(global_crops, local_crops, masks, skipped, global_params, local_params)
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):

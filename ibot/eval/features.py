@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ibot.data.datasets import collate_skip_corrupt, safe_getitem
+from ibot.data.datasets import Holdout, build_dataset, collate_skip_corrupt, safe_getitem
 from ibot.progress import progress_bar
 
 
@@ -103,17 +103,18 @@ class FeatureCache:
 
 def split_features(forward: Callable[[torch.Tensor], torch.Tensor] | nn.Module, identity: dict[str, Any],
                    kind: str, data: str, split: str, transform: Callable, cache: FeatureCache | None = None,
-                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Features of one split of dataset ``data`` (a :func:`ibot.data.build_dataset` spec), through
-    ``cache`` when given. ``identity`` names the network (its checkpoint path and mtime), ``kind``
-    the feature recipe (``cls``, ``linear-n4-avgpool0``, ...); both, the dataset spec and size, the split
-    and the transform key the cache."""
-    from ibot.data.datasets import build_dataset
-
-    base = build_dataset(data, split=split)
+                   holdout: Holdout | None = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Features of one split of dataset ``data`` (a :func:`ibot.data.build_dataset` spec, with its
+    ``holdout`` if any), through ``cache`` when given. ``identity`` names the network (its checkpoint
+    path and mtime), ``kind`` the feature recipe (``cls``, ``linear-n4-avgpool0``, ...); both, the
+    dataset spec, the folder it resolved to, its size, the split, the hold-out and the transform key
+    the cache."""
+    base = build_dataset(data, split=split, holdout=holdout)
     dataset = EvalDataset(base, transform)
-    parts = {**identity, "kind": kind, "data": data, "split": split, "num_images": len(base),
-             "transform": repr(transform)}
+    parts = {**identity, "kind": kind, "data": data, "split": split, "folder": getattr(base, "root", None),
+             "num_images": len(base), "transform": repr(transform)}
+    if holdout is not None:
+        parts["holdout"] = [holdout.fraction, holdout.seed]
     kwargs.setdefault("desc", f"{kind} features {split}")
     return (cache or FeatureCache(None)).load_or_extract(parts, forward, dataset, **kwargs)
 

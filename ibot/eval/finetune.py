@@ -31,9 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ibot.data.datasets import Holdout, build_dataset
 from ibot.eval.features import EvalDataset, collate_skip_none
 from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
 from ibot.eval.metrics import topk_hits
+from ibot.image_io import format_skipped
 from ibot.progress import progress_bar, write
 
 
@@ -92,12 +94,16 @@ def train_transform(cfg: FinetuneConfig):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) and mean cross-entropy over ``loader``."""
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+             skipped: list[str] | None = None) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy over ``loader``; the unreadable
+    images it passed over are added to ``skipped``."""
     model.eval()
     hits1 = hits5 = total = 0
     loss = 0.0
-    for images, labels, _ in loader:
+    for images, labels, why in loader:
+        if skipped is not None:
+            skipped.extend(why)
         if len(images) == 0:
             continue
         images, labels = images.to(device), labels.to(device)
@@ -125,11 +131,10 @@ class Finetuner:
     """Fine-tunes ``backbone`` (built with the wanted drop path) on dataset spec ``data``."""
 
     def __init__(self, backbone: nn.Module, arch: str, data: str, cfg: FinetuneConfig, output_dir: str | Path,
-                 backbone_info: dict[str, Any] | None = None) -> None:
+                 backbone_info: dict[str, Any] | None = None, holdout: Holdout | None = None) -> None:
         from timm.data import Mixup
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-        from ibot.data.datasets import build_dataset
         from ibot.eval.features import evaluation_transform
         from ibot.train.trainer import resolve_device, resolve_precision
         from ibot.train.schedules import cosine_schedule
@@ -140,7 +145,8 @@ class Finetuner:
         self.backbone_info = backbone_info or {}
         self.device = resolve_device(cfg.device)
         self.amp_dtype = resolve_precision("auto", self.device)
-        train_base = build_dataset(data, split="train")
+        train_base = build_dataset(data, split="train", holdout=holdout)
+        val_base = build_dataset(data, split="val", holdout=holdout)
         self.classes = list(train_base.classes)
         num_classes = len(self.classes)
         if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
@@ -149,7 +155,7 @@ class Finetuner:
             raise ValueError(f"{data} has {len(train_base)} training images, fewer than one batch of "
                              f"{cfg.batch_size}; lower the batch size")
         self.train_set = EvalDataset(train_base, train_transform(cfg))
-        self.val_set = EvalDataset(build_dataset(data, split="val"), evaluation_transform(cfg.image_size, cfg.crop_pct))
+        self.val_set = EvalDataset(val_base, evaluation_transform(cfg.image_size, cfg.crop_pct))
 
         torch.manual_seed(cfg.seed)
         self.model = FinetuneModel(backbone, num_classes).to(self.device)
@@ -208,16 +214,17 @@ class Finetuner:
         return meta["epoch"], meta["history"]
 
     # -------------------------------------------------------------------------- training
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int, skipped: list[str]) -> dict[str, float]:
+        """One epoch of training; the unreadable images it passed over are added to ``skipped``."""
         cfg = self.cfg
         generator = _seed_epoch(cfg.seed, epoch)
         loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                             num_workers=cfg.num_workers, collate_fn=collate_skip_none, generator=generator)
         self.model.train()
-        total, count, lr, skipped = 0.0, 0, 0.0, 0
+        total, count, lr = 0.0, 0, 0.0
         bar = progress_bar(loader, desc=f"fine-tune epoch {epoch}", unit="step", disable=not cfg.progress, leave=False)
         for step, (images, labels, why) in enumerate(bar):
-            skipped += len(why)
+            skipped.extend(why)
             if len(images) < 2:
                 continue
             if len(images) % 2:  # a skipped unreadable image left an odd batch; mixup pairs images
@@ -244,7 +251,7 @@ class Finetuner:
             total += loss.item()
             count += 1
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        return {"train_loss": total / max(count, 1), "lr": lr, "skipped_images": skipped}
+        return {"train_loss": total / max(count, 1), "lr": lr}
 
     def fit(self, resume: str | Path | None = None, max_epochs: int | None = None) -> dict[str, Any]:
         """Train to ``cfg.epochs`` (or for at most ``max_epochs`` in this call, then stop with a
@@ -254,8 +261,11 @@ class Finetuner:
         end = self.cfg.epochs if max_epochs is None else min(self.cfg.epochs, start + max_epochs)
         for epoch in range(start, end):
             tic = time.perf_counter()
-            record = {"epoch": epoch, **self.train_epoch(epoch)}
-            record.update({f"val_{k}": v for k, v in evaluate(self.model, self.val_loader, self.device).items()})
+            skipped: list[str] = []  # unreadable images met this epoch, train then val
+            record = {"epoch": epoch, **self.train_epoch(epoch, skipped), "skipped_images": len(skipped)}
+            record.update({f"val_{k}": v for k, v in evaluate(self.model, self.val_loader, self.device,
+                                                              skipped).items()})
+            record["val_skipped_images"] = len(skipped) - record["skipped_images"]
             if self.ema is not None:
                 record.update({f"ema_val_{k}": v for k, v in evaluate(self.ema.module, self.val_loader,
                                                                       self.device).items()})
@@ -265,7 +275,8 @@ class Finetuner:
                 handle.write(json.dumps(record) + "\n")
             write(f"fine-tune epoch {epoch}: loss {record['train_loss']:.4f}, val top-1 {record['val_top1']:.2f}%"
                        f" top-5 {record['val_top5']:.2f}%"
-                       + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if self.ema is not None else ""), file=sys.stdout)
+                       + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if self.ema is not None else "")
+                       + (f", {format_skipped(len(skipped), skipped[0])}" if skipped else ""), file=sys.stdout)
             self.save(epoch + 1, history)
         return self.results(history)
 

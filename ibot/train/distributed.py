@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,16 @@ def init_distributed(device_type: str) -> DistInfo:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def union_over_processes(items: Iterable[str]) -> list[str]:
+    """Every process's ``items``, each once (rank 0's first); ``items`` itself in a single process."""
+    items = list(dict.fromkeys(items))
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return list(dict.fromkeys(item for part in gathered for item in part))
 
 
 def cleanup() -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ibot.progress import ProgressBar, progress_bar, write
+
+from ibot.image_io import format_skipped
 
 
 class EpochMeter:
@@ -20,14 +23,14 @@ class EpochMeter:
         self.bar = bar
         self.sums: dict[str, torch.Tensor] = {}  # over the epoch
         self.window_sums: dict[str, torch.Tensor] = {}  # since the last step record
-        self.steps = self.window_steps = self.images = self.n_skipped = 0
+        self.steps = self.window_steps = self.images = 0
         self.data_time = self.compute_time = 0.0
-        self.skipped_example: str | None = None
+        self.skipped: dict[str, None] = {}  # unreadable files met this epoch, each once, first seen first
         self.epoch_start = self.window_start = time.perf_counter()
         self.window_images = 0
 
     def update(self, losses: dict[str, torch.Tensor], batch_size: int, data_time: float, compute_time: float,
-               n_skipped: int = 0, skipped_example: str | None = None) -> None:
+               skipped: Iterable[str] = ()) -> None:
         for sums in (self.sums, self.window_sums):
             for key, value in losses.items():
                 sums[key] = sums[key] + value if key in sums else value.clone()
@@ -37,8 +40,7 @@ class EpochMeter:
         self.window_images += batch_size
         self.data_time += data_time
         self.compute_time += compute_time
-        self.n_skipped += n_skipped
-        self.skipped_example = self.skipped_example or skipped_example
+        self.skipped.update(dict.fromkeys(skipped))
         if self.bar is not None:
             self.bar.update(1)
 
@@ -55,7 +57,7 @@ class EpochMeter:
         self.window_sums, self.window_steps = {}, 0
         busy = self.data_time + self.compute_time
         out["data_fraction"] = self.data_time / busy if busy else 0.0
-        out["skipped_images"] = self.n_skipped
+        out["skipped_images"] = len(self.skipped)
         self.window_start, self.window_images = time.perf_counter(), 0
         return out
 
@@ -104,14 +106,15 @@ class RunLogger:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if meter.n_skipped:
-            record["skipped_example"] = meter.skipped_example
+        example = next(iter(meter.skipped), None)
+        if example is not None:
+            record["skipped_example"] = example
         self._write(record)
         self.info(f"epoch {fields['epoch']}: loss {summary.get('loss', float('nan')):.4f} "
                   f"(cls {summary.get('cls', float('nan')):.4f}, patch {summary.get('patch', float('nan')):.4f}), "
                   f"lr {fields.get('lr', 0):.2e}"
-                  + (f", k-NN top-1 {fields['knn_top1']:.2f}%" if "knn_top1" in fields else "") + (f", skipped {meter.n_skipped} unreadable images "
-                                                    f"(e.g. {meter.skipped_example})" if meter.n_skipped else ""))
+                  + (f", k-NN top-1 {fields['knn_top1']:.2f}%" if "knn_top1" in fields else "")
+                  + (f", {format_skipped(len(meter.skipped), example)}" if example is not None else ""))
 
     def _write(self, record: dict[str, Any]) -> None:
         self.records.append(record)

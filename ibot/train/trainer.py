@@ -30,7 +30,7 @@ from ibot.models import IBOTHead, MultiCropWrapper, build_backbone, use_explicit
 from ibot.models.multicrop import pad_mask_index
 from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
 from ibot.train import checkpoint as ckpt
-from ibot.train.distributed import DistInfo, barrier, init_distributed
+from ibot.train.distributed import DistInfo, barrier, init_distributed, union_over_processes
 from ibot.train.ema import EMAUpdater
 from ibot.train.run_logger import RunLogger
 from ibot.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients_per_param
@@ -336,8 +336,7 @@ class Pretrainer:
                 if log_now or self.device.type == "cpu":
                     self._check_finite(losses, state)
                 meter.update(losses, batch_size=self.global_batch, data_time=data_time,
-                             compute_time=time.perf_counter() - tic - data_time, n_skipped=batch.n_skipped,
-                             skipped_example=batch.skipped_example)
+                             compute_time=time.perf_counter() - tic - data_time, skipped=batch.skipped)
                 if log_now:
                     logger.log_step(meter, {"epoch": epoch, "step": state.step_in_epoch, "global_step": it + 1,
                                             **self._schedule_values(epoch, it)})
@@ -348,6 +347,7 @@ class Pretrainer:
                     logger.close()
                     return logger.records
                 tic = time.perf_counter()
+            meter.skipped = dict.fromkeys(union_over_processes(meter.skipped))  # all processes' files, once each
             extra = {}
             if cfg.run.eval_every and (epoch + 1) % cfg.run.eval_every == 0 and self.dist.is_main:
                 extra["knn_top1"] = self._knn_top1()

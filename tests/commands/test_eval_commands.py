@@ -8,6 +8,7 @@ import pytest
 
 from ibot.cli import main
 from tests.eval.helpers import session_tiny_run
+from tests.train.helpers import make_image_folder
 
 QUIET = ["--no-progress", "--num-workers", "0"]
 
@@ -27,9 +28,8 @@ def test_knn_command_caches_features(tiny_run, tmp_path):
     argv = ["knn", "-c", str(checkpoint), "--data", str(folder), "--output-dir", str(tmp_path), "--ks", "1", "3",
             *QUIET]
     first = run_json(argv, tmp_path / "knn.json")
-    assert set(first["results"]) == {"1", "3"} and first["num_train"] == first["num_val"] == 24
-    # train and val are the same folder here, so 1-NN finds every image itself
-    assert first["results"]["1"]["top1"] == 100.0
+    assert set(first["results"]) == {"1", "3"} and (first["num_train"], first["num_val"]) == (24, 12)
+    assert first["holdout"] is None  # the folder's own val/
     cached = sorted((tmp_path / "features").glob("*.pt"))
     assert len(cached) == 2
     stamps = [p.stat().st_mtime_ns for p in cached]
@@ -76,6 +76,40 @@ def test_finetune_command_and_resume(tiny_run, tmp_path):
     assert (tmp_path / "checkpoint.safetensors").is_file()
     second = run_json(argv(2, "--resume", "auto"), tmp_path / "finetune.json")
     assert [r["epoch"] for r in second["history"]] == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def flat_folder(tmp_path_factory):
+    """24 images in 3 class folders, no split folders."""
+    return make_image_folder(tmp_path_factory.mktemp("flat") / "images", n_per_class=8, classes=3, size=20, seed=2)
+
+
+@pytest.mark.parametrize("command", ["knn", "linear", "finetune", "cluster", "semisup"])
+def test_a_flat_tree_is_not_evaluated_on_its_training_images(command, tiny_run, flat_folder, tmp_path, capsys):
+    checkpoint, _ = tiny_run
+    assert main([command, "-c", str(checkpoint), "--data", str(flat_folder), "--output-dir", str(tmp_path),
+                 *QUIET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(flat_folder) in err[0] and "--holdout" in err[0]
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_holdout_is_stated_in_the_output_and_the_results(tiny_run, flat_folder, tmp_path, capsys):
+    checkpoint, _ = tiny_run
+    common = ["-c", str(checkpoint), "--data", str(flat_folder), "--output-dir", str(tmp_path), "--holdout", "0.25",
+              "--holdout-seed", "3", *QUIET]
+    knn = run_json(["knn", *common, "--ks", "1"], tmp_path / "knn.json")
+    assert (knn["num_train"], knn["num_val"]) == (18, 6)
+    assert knn["holdout"]["fraction"] == 0.25 and knn["holdout"]["seed"] == 3
+    out = capsys.readouterr().out
+    assert "25% of the train split held out as val (seed 3): 18 train / 6 val images" in out
+    cluster = run_json(["cluster", *common, "--methods", "kmeans"], tmp_path / "cluster.json")
+    assert cluster["holdout"] == knn["holdout"] and "held out" in capsys.readouterr().out
+    finetune = run_json(["finetune", *common, "--epochs", "1", "--batch-size", "6", "--warmup-epochs", "0",
+                         "--device", "cpu"], tmp_path / "finetune.json")
+    assert finetune["holdout"] == knn["holdout"] and "18 train / 6 val images" in capsys.readouterr().out
+    assert main(["knn", *common[:6], "--holdout-seed", "1", *QUIET]) == 2  # a seed without --holdout
+    assert "--holdout-seed needs --holdout" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

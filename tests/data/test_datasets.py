@@ -1,5 +1,6 @@
 import gzip
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -10,13 +11,15 @@ from torch.utils.data import DataLoader
 from ibot.data import fashion_mnist
 from ibot.data.datasets import (
     CorruptImageError,
-    SkipCorrupt,
+    Holdout,
     build_dataset,
     collate_skip_corrupt,
     format_skipped,
     load_rgb,
+    val_split_problem,
 )
 from ibot.data.transforms import eval_transform
+from ibot.eval.features import EvalDataset
 
 
 def _one_line(excinfo, *needles):
@@ -145,9 +148,74 @@ def test_image_folder_uses_split_subfolders(image_tree):
     assert len(val) == 1 and val.root == str(image_tree / "test")
 
 
-def test_image_folder_flat_tree_is_used_for_every_split(image_tree):
-    flat = image_tree / "train"
-    assert len(build_dataset(str(flat), "train")) == len(build_dataset(str(flat), "val")) == 5
+def test_a_split_folder_given_finds_its_siblings(image_tree):
+    """``--data ROOT/train``, as the official scripts pass it: val comes from ROOT/val (or test)."""
+    train_folder = image_tree / "train"
+    assert len(build_dataset(str(train_folder), "train")) == 5
+    val = build_dataset(str(train_folder), "val")
+    assert len(val) == 1 and val.root == str(image_tree / "test")
+    assert build_dataset(str(image_tree / "test"), "train").root == str(train_folder)
+
+
+def test_a_split_folder_without_a_sibling_val_is_refused(image_tree):
+    shutil.rmtree(image_tree / "test")
+    with pytest.raises(FileNotFoundError) as excinfo:
+        build_dataset(str(image_tree / "train"), "val")
+    _one_line(excinfo, "val/", "test/", image_tree)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_a_flat_class_tree_is_only_a_train_split(image_tree, split):
+    """Class folders directly under the root: no split to evaluate on without scoring training images."""
+    flat = image_tree.parent / "flat"
+    shutil.copytree(image_tree / "train", flat)
+    assert len(build_dataset(str(flat), "train")) == 5
+    with pytest.raises(FileNotFoundError) as excinfo:
+        build_dataset(str(flat), split)
+    _one_line(excinfo, flat, "--holdout")
+
+
+def test_holdout_splits_the_train_split_by_its_seed(image_tree):
+    flat = image_tree.parent / "flat"
+    for c in range(3):
+        for i in range(7):
+            _save(flat / f"class{c}" / f"{i}.png", seed=10 * c + i)
+    holdout = Holdout(0.25, seed=0)
+    train, val = build_dataset(str(flat), "train", holdout), build_dataset(str(flat), "val", holdout)
+    assert (len(train), len(val)) == (16, 5) and train.classes == val.classes == ["class0", "class1", "class2"]
+    assert sorted(train.indices + val.indices) == list(range(21))
+    assert build_dataset(str(flat), "test", holdout).indices == val.indices
+    assert build_dataset(str(flat), "val", Holdout(0.25, seed=0)).indices == val.indices
+    assert build_dataset(str(flat), "val", Holdout(0.25, seed=1)).indices != val.indices
+    image, label = val[0]
+    assert image.mode == "RGB" and label == val.dataset.targets[val.indices[0]]
+    assert "25%" in val.description and "seed 0" in val.description
+    # with a val folder present, the hold-out still comes from the train split, as asked
+    assert len(build_dataset(str(image_tree), "val", Holdout(0.5, seed=3))) == 2
+    for fraction in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="--holdout"):
+            Holdout(fraction)
+
+
+def test_val_split_problem(image_tree, tmp_path):
+    assert val_split_problem("fashion-mnist:subset") is None
+    assert val_split_problem(str(image_tree)) is None
+    flat = tmp_path / "flat"
+    shutil.copytree(image_tree / "train", flat)
+    assert str(flat) in val_split_problem(str(flat))
+    shutil.rmtree(image_tree / "train" / "b")  # one class: no labels to score
+    one_class = val_split_problem(str(image_tree))
+    assert "one class" in one_class and str(image_tree / "test") in one_class
+
+
+def test_an_empty_class_folder_is_skipped_with_a_warning_naming_it(image_tree):
+    (image_tree / "train" / "c_empty").mkdir()
+    (image_tree / "train" / "d_no_images").mkdir()
+    (image_tree / "train" / "d_no_images" / "notes.txt").write_text("no image here")
+    with pytest.warns(UserWarning) as warned:
+        train = build_dataset(str(image_tree), "train")
+    assert len(warned) == 1 and "c_empty" in str(warned[0].message) and "d_no_images" in str(warned[0].message)
+    assert len(train) == 5 and train.classes == ["a", "b", "c_empty", "d_no_images"]
 
 
 def test_missing_split_folder_is_an_error(image_tree):
@@ -173,9 +241,9 @@ def test_corrupt_images_raise_with_their_path(image_tree):
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_skip_corrupt_counts_unreadable_images(image_tree, num_workers):
     train = build_dataset(str(image_tree), "train")
-    train.transform = eval_transform(16, crop_pct=1.0)
     loader = DataLoader(
-        SkipCorrupt(train), batch_size=5, num_workers=num_workers, collate_fn=collate_skip_corrupt
+        EvalDataset(train, eval_transform(16, crop_pct=1.0)), batch_size=5, num_workers=num_workers,
+        collate_fn=collate_skip_corrupt,
     )
     (batch, skipped), = list(loader)
     images, labels = batch
@@ -237,3 +305,14 @@ def test_bad_specs_and_splits():
     with pytest.raises(ValueError) as excinfo:
         build_dataset("fashion-mnist", "unlabeled")
     _one_line(excinfo, "unlabeled")
+
+
+def test_val_labels_are_the_train_splits_classes(image_tree):
+    """A val split lacking a class keeps the train split's label numbers (b is 1 in both)."""
+    shutil.move(image_tree / "test" / "a", image_tree / "test" / "b")
+    val = build_dataset(str(image_tree), "val")
+    assert val.classes == ["a", "b"] and [label for _, label in val.samples] == [1]
+    _save(image_tree / "test" / "zebra" / "9.png")
+    with pytest.raises(ValueError) as excinfo:
+        build_dataset(str(image_tree), "val")
+    _one_line(excinfo, "zebra", image_tree / "test")

@@ -65,7 +65,7 @@ def _same_batch(a, b):
         torch.equal(a.global_crops, b.global_crops)
         and torch.equal(a.local_crops, b.local_crops)
         and torch.equal(a.masks, b.masks)
-        and (a.n_skipped, a.skipped_example) == (b.n_skipped, b.skipped_example)
+        and a.skipped == b.skipped
     )
 
 
@@ -78,7 +78,7 @@ def test_sample_is_a_function_of_epoch_and_index():
     assert not torch.equal(a.global_crops[0], ds[(2, 5)].global_crops[0])
     assert not torch.equal(a.global_crops[0], ds[(1, 6)].global_crops[0])
     assert [tuple(m.shape) for m in a.masks] == [(4, 4), (4, 4)] and a.masks[0].dtype == torch.bool
-    assert (a.n_skipped, a.skipped_example) == (0, None)
+    assert a.skipped == ()
 
 
 def test_masks_vary_across_samples():
@@ -122,17 +122,34 @@ def test_batched_colour_samples_carry_their_parameters_crop_major():
     assert collate_pretrain([_dataset()[(0, 1)]]).global_params is None  # the Pillow path: none
 
 
-def test_corrupt_images_are_replaced_by_the_next_and_counted():
-    ds = _dataset(corrupt={1, 2, 11}, augmentation=Identity())
-    sample = ds[(0, 1)]
-    assert (sample.n_skipped, sample.skipped_example) == (2, "img1.jpg")
-    assert torch.equal(sample.global_crops[0], ds[(0, 3)].global_crops[0])  # image 3 used
-    wrapped = ds[(0, 11)]
-    assert wrapped.n_skipped == 1
-    assert torch.equal(wrapped.global_crops[0], ds[(0, 0)].global_crops[0])  # wraps to image 0
-    batch = collate_pretrain([ds[(0, i)] for i in (0, 1, 11)])
-    assert (batch.n_skipped, batch.skipped_example) == (3, "img1.jpg")
-    with pytest.raises(ValueError, match="no readable image"):
+def _source_image(sample, n=12):
+    """Which image of :class:`Images` a sample made with :class:`Identity` shows."""
+    images = Images(n)
+    return next(i for i in range(n) if torch.equal(sample.global_crops[0], Identity()(images[i][0])[0]))
+
+
+def test_an_unreadable_image_is_replaced_by_a_seeded_random_readable_one():
+    corrupt = {1, 2, 11}
+    ds = _dataset(corrupt=corrupt, augmentation=Identity())
+    stand_ins = [_source_image(ds[(epoch, 1)]) for epoch in range(20)]
+    assert not corrupt & set(stand_ins)
+    assert stand_ins == [_source_image(ds[(epoch, 1)]) for epoch in range(20)]  # a function of (epoch, index)
+    assert len(set(stand_ins)) > 3  # drawn, not always the next readable image (3), which would weigh double
+    assert [_source_image(ds[(0, i)]) for i in range(12) if i not in corrupt] == sorted(set(range(12)) - corrupt)
+
+
+def test_each_unreadable_file_is_named_once():
+    """Four bad files, two pairs of neighbours: four names, whatever stand-ins were tried."""
+    corrupt = {4, 5, 8, 9}
+    ds = _dataset(corrupt=corrupt, augmentation=Identity())
+    samples = [ds[(3, i)] for i in range(12)]
+    for i, sample in enumerate(samples):
+        assert sample.skipped[:1] == ((f"img{i}.jpg",) if i in corrupt else ())
+        assert len(set(sample.skipped)) == len(sample.skipped)
+        assert set(sample.skipped) <= {f"img{j}.jpg" for j in corrupt}
+    batch = collate_pretrain(samples)
+    assert sorted(batch.skipped) == sorted(f"img{j}.jpg" for j in corrupt)
+    with pytest.raises(ValueError, match="no readable image.*skipped 3 unreadable images"):
         _dataset(n=3, corrupt={0, 1, 2}, augmentation=Identity())[(0, 0)]
 
 
@@ -149,7 +166,7 @@ def test_dataloader_workers_give_the_same_batches():
     serial, parallel = batches(0), batches(2)
     assert len(serial) == len(parallel) == 3
     assert all(_same_batch(a, b) for a, b in zip(serial, parallel))
-    assert sum(b.n_skipped for b in serial) == 1
+    assert [path for b in serial for path in b.skipped] == ["img4.jpg"]
 
 
 def test_sampler_union_of_ranks_equals_the_single_process_batch():

@@ -10,8 +10,8 @@ from PIL import Image
 from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES, resolve_config
 
 
-def make_image_folder(root: Path, n_per_class: int = 8, classes: int = 2, size: int = 20) -> Path:
-    rng = np.random.default_rng(0)
+def make_image_folder(root: Path, n_per_class: int = 8, classes: int = 2, size: int = 20, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
     for c in range(classes):
         (root / f"class{c}").mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):

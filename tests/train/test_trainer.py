@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from ibot.train import checkpoint as ckpt
 from ibot.train.trainer import NonFiniteLossError, Pretrainer
-from tests.train.helpers import tiny_config
+from tests.train.helpers import make_image_folder, tiny_config
 
 
 def step_losses(records):
@@ -152,11 +152,16 @@ def test_per_crop_pillow_colour_resumes_exactly(tmp_path, image_folder):
         assert got[:2] == want[:2] and got[2:] == pytest.approx(want[2:], rel=1e-6, abs=1e-7)
 
 
-def test_corrupt_images_are_skipped_and_counted(tmp_path, image_folder):
-    (image_folder / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+def test_corrupt_images_are_skipped_and_counted_once_each(tmp_path, image_folder, capsys):
+    """Four unreadable files, two pairs of neighbours (8_broken, 9_broken after 0..7 in each class
+    folder), all met in the epoch's 5 batches: counted 4 times, not once per image that passed over them."""
+    for c in (0, 1):
+        for name in ("8_broken.png", "9_broken.png"):
+            (image_folder / f"class{c}" / name).write_bytes(b"\x89PNG\r\n\x1a\n not really")
     records = Pretrainer(tiny_config(tmp_path, image_folder, "optim.epochs=1")).fit()
     epoch = [r for r in records if r["type"] == "epoch"][0]
-    assert epoch["skipped_images"] >= 1 and "broken.png" in epoch["skipped_example"]
+    assert epoch["steps"] == 5 and epoch["skipped_images"] == 4 and "broken.png" in epoch["skipped_example"]
+    assert f"skipped 4 unreadable images (e.g. {epoch['skipped_example']})" in capsys.readouterr().err
 
 
 def _free_port() -> int:
@@ -175,7 +180,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, data: str, *extr
     trainer = Pretrainer(cfg)
     records = trainer.fit()
     torch.save({"losses": step_losses(records), "teacher": trainer.teacher.state_dict(),
-                "center": trainer.ibot_loss.center.clone()}, f"{out_dir}/rank{rank}.pt")
+                "center": trainer.ibot_loss.center.clone(), "records": records}, f"{out_dir}/rank{rank}.pt")
     cleanup()
 
 
@@ -184,13 +189,21 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, data: str, *extr
 def test_two_process_gloo_equals_one_process(tmp_path, image_folder, centering):
     """2 processes x batch 4 on gloo == 1 process x batch 8 (same global batches), within 1e-5
     (with Sinkhorn-Knopp, every normalisation runs over both processes' rows). The cpu preset's
-    KoLeo term is off: like DINOv2's, it looks for neighbours in each process's own batch."""
+    KoLeo term is off: like DINOv2's, it looks for neighbours in each process's own batch.
+    Unreadable files get the same stand-ins, and the epoch record counts those both processes met."""
+    for c in (0, 1):
+        for name in ("8_broken.png", "9_broken.png"):
+            (image_folder / f"class{c}" / name).write_bytes(b"\x89PNG\r\n\x1a\n not really")
     extra = (f"loss.centering={centering}", "mask.pred_ratio=0.4", "mask.pred_ratio_var=0.1", "loss.koleo_weight=0")
     single = Pretrainer(tiny_config(tmp_path / "single", image_folder, "optim.batch_size_per_device=8",
                                     "optim.epochs=1", *extra))
-    single_losses = step_losses(single.fit())
+    single_records = single.fit()
+    single_losses = step_losses(single_records)
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), str(image_folder), *extra), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    skipped = [[r["skipped_images"] for r in records if r["type"] == "epoch"] for records in
+               (single_records, ranks[0]["records"])]
+    assert skipped[0] == skipped[1] and skipped[0][0] > 0
     assert len(ranks[0]["losses"]) == len(single_losses) == 2
     for step, want in enumerate(single_losses):
         mean = [(ranks[0]["losses"][step][i] + ranks[1]["losses"][step][i]) / 2 for i in (2, 3, 4)]
@@ -233,7 +246,11 @@ def test_backbone_only_official_file_cannot_resume(tmp_path, image_folder, fixtu
 
 
 def test_periodic_knn_and_tensorboard_events(tmp_path, image_folder):
-    records = Pretrainer(tiny_config(tmp_path, image_folder, "run.eval_every=1", "run.tensorboard=true")).fit()
+    data = tmp_path / "data"  # train/ and a val/ of other images: k-NN needs a held-out split
+    data.mkdir()
+    image_folder.rename(data / "train")
+    make_image_folder(data / "val", n_per_class=3, seed=1)
+    records = Pretrainer(tiny_config(tmp_path, data, "run.eval_every=1", "run.tensorboard=true")).fit()
     epochs = [r for r in records if r["type"] == "epoch"]
     assert len(epochs) == 2 and all(0.0 <= r["knn_top1"] <= 100.0 for r in epochs)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -93,6 +93,19 @@ def test_command_writes_one_grid_per_image_of_any_size_and_mode(tmp_path, capsys
     assert capsys.readouterr().out.split() == [str(out / "a_attention.png"), str(out / "b_attention.png")]
 
 
+def test_command_skips_an_unreadable_image_and_draws_the_rest(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.safetensors")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    images = [noise_image(tmp_path / "a.png"), tmp_path / "broken.png", noise_image(tmp_path / "b.png")]
+    out = tmp_path / "out"
+    assert main(["visualize", "attention", *map(str, images), "-c", str(ckpt), "--output-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split() == [str(out / "a_attention.png"), str(out / "b_attention.png")]
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"skipped 1 unreadable image (cannot decode image {tmp_path / 'broken.png'}: ")
+    assert sorted(p.name for p in out.iterdir()) == ["a_attention.png", "b_attention.png"]
+
+
 def test_official_checkpoint_matches_the_official_attention(fixtures_dir, official_arch, official_vit):
     from ibot.eval.checkpoints import load_backbone
 
