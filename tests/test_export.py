@@ -111,7 +111,9 @@ def test_classifier_from_a_finetune_checkpoint(tiny_checkpoint, tmp_path):
     from ibot.cli import main
     from tests.train.helpers import make_image_folder
 
-    data = make_image_folder(tmp_path / "images", n_per_class=4, classes=3)
+    data = tmp_path / "images"
+    make_image_folder(data / "train", n_per_class=4, classes=3)
+    make_image_folder(data / "val", n_per_class=2, classes=3, seed=1)
     out = tmp_path / "finetune"
     assert main(["finetune", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--epochs", "1",
                  "--batch-size", "4", "--num-workers", "0", "--mixup", "0", "--cutmix", "0", "--auto-augment", "none",
