@@ -5,7 +5,7 @@ from ibot.eval.checkpoints import load_backbone
 from ibot.eval.finetune import FinetuneModel, Finetuner, layer_decay_param_groups
 from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
 from ibot.models import build_backbone
-from ibot.train import checkpoint as ckpt
+from ibot.formats import ours as ckpt
 
 
 def rates(model, groups):
