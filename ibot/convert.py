@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ibot.config import PretrainConfig, config_from_dict, set_option
-from ibot.formats.official import NETWORKS, read_official
+from ibot.formats import official
+from ibot.formats.official import NETWORKS
 from ibot.formats.ours import check_key, is_our_checkpoint, save_checkpoint, strip_prefix
 
 __all__ = ["OFFICIAL_ARGS", "convert_checkpoint", "official_config", "official_to_ours"]
@@ -72,7 +73,7 @@ def official_to_ours(path: str | Path, key: str = "teacher") -> tuple[dict[str, 
 
     path = Path(path)
     check_key(key)
-    checkpoint = read_official(path)
+    checkpoint = official.read_official(path)
     tensors: dict[str, torch.Tensor] = {}
     if checkpoint.backbone is not None:  # published backbone
         tensors = {f"{key}.backbone.{k}": v for k, v in checkpoint.backbone.items()}

@@ -58,6 +58,7 @@ def test_convert_full_checkpoint_keeps_both_networks_and_centres(fixtures_dir, t
     torch.testing.assert_close(tensors["teacher.head.last_layer.weight_g"], raw["teacher"]["head.last_layer.weight_g"])
     assert "student.backbone.masked_embed" in tensors and "teacher.backbone.masked_embed" not in tensors
     assert meta["epoch"] == raw["epoch"] and meta["step_in_epoch"] == 0
+    assert meta["kind"] == "pretrain"
     cfg = config_from_dict(meta["config"])
     a = official_arch
     assert (cfg.model.arch, cfg.model.patch_size, cfg.model.img_size) == ("vit_tiny", a["patch_size"], a["img_size"])
