@@ -13,9 +13,9 @@ import torch
 
 from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES, resolve_config
 from ibot.export import compare_with_onnx, export_checkpoint, export_onnx, load_exportable
+from ibot.formats.ours import prefixed, save_checkpoint
 from ibot.infer import Preprocess, read_model_info
 from ibot.models import build_backbone
-from ibot.formats.ours import prefixed, save_checkpoint
 
 TINY = [*TINY_MODEL_OVERRIDES, *TINY_CROP_OVERRIDES]
 

@@ -3,9 +3,9 @@ import os
 import pytest
 import torch
 
+from ibot.formats.ours import save_checkpoint
 from ibot.hub import backbone_from_file, head_from_file, network_state
 from ibot.models import IBOTHead, MultiCropWrapper, swin_tiny, vit_tiny
-from ibot.formats.ours import save_checkpoint
 
 
 class RunsCode:

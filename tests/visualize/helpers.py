@@ -11,9 +11,9 @@ from PIL import Image
 from torch import nn
 
 from ibot.config import get_preset
-from ibot.eval.checkpoints import backbone_kwargs_from_config
-from ibot.models import build_backbone
 from ibot.formats.ours import prefixed, save_checkpoint
+from ibot.hub import backbone_kwargs_from_config
+from ibot.models import build_backbone
 
 PATCH, SIDE = 4, 16  # a 4 x 4 grid of patches
 BRIGHT = (1, 2)  # the one white patch (row, col) of the synthetic image
