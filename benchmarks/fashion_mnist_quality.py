@@ -48,6 +48,7 @@ from ibot.eval.finetune import Finetuner  # noqa: E402
 from ibot.eval.finetune_config import FinetuneConfig  # noqa: E402
 from ibot.eval.knn import knn_classify  # noqa: E402
 from ibot.eval.linear import LinearFeatures, default_recipe, train_linear_sweep  # noqa: E402
+from ibot.formats.ours import CHECKPOINT_NAME  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -182,7 +183,7 @@ def main() -> int:
         random_net = random_backbone(m.arch, m.patch_size, cfg.data.global_crops_size, seed=args.seed, **sizes)
         results["random_init"] = protocols.network(random_net, "random-init")
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else work / "pretrain" / "checkpoint.safetensors"
+    checkpoint = Path(args.checkpoint) if args.checkpoint else work / "pretrain" / CHECKPOINT_NAME
     if not args.checkpoint:
         from ibot.train.trainer import Pretrainer
 

@@ -1,13 +1,11 @@
 """Official iBOT checkpoints in our format: ``ibot convert``, and resuming pre-training from them.
 
-An official full checkpoint (``checkpoint.pth``) holds ``student`` (``module.backbone.*`` /
-``module.head.*``), ``teacher`` (``backbone.*`` / ``head.*``), ``ibot_loss`` (``center`` (1, K),
-``center2`` (1, 1, K2)), ``epoch`` (the next epoch to run), ``args`` (the run's Namespace) and the
-optimizer; a published backbone (``checkpoint_teacher.pth``) holds ``{'state_dict': ...}`` only.
-:func:`official_to_ours` renames them to our keys (``student.backbone.*``, ``teacher.head.*``,
+:func:`official_to_ours` renames what :func:`ibot.formats.official.read_official` reads from an
+official container (both networks and the loss centres of a full checkpoint, or a published
+backbone) to our keys (``student.backbone.*``, ``teacher.head.*``,
 ``loss.center``, ...); :func:`convert_checkpoint` adds the pre-training config that the official
 ``args`` and the tensor shapes describe, checks every tensor against the networks that config
-builds, and writes one of our ``.safetensors`` checkpoints (:mod:`ibot.train.checkpoint`).
+builds, and writes one of our ``.safetensors`` checkpoints (:mod:`ibot.formats.ours`).
 
 The official optimizer state is not carried over: its moments are indexed by the official
 parameter order, so AdamW restarts them on resume.
@@ -23,7 +21,9 @@ import torch
 from torch import nn
 
 from ibot.config import PretrainConfig, config_from_dict, set_option
-from ibot.train.checkpoint import is_our_checkpoint, save_checkpoint, strip_prefix
+from ibot.formats import official
+from ibot.formats.official import NETWORKS
+from ibot.formats.ours import check_key, is_our_checkpoint, save_checkpoint, strip_prefix
 
 __all__ = ["OFFICIAL_ARGS", "convert_checkpoint", "official_config", "official_to_ours"]
 
@@ -44,7 +44,6 @@ OFFICIAL_ARGS = {
     "local_crops_number": "data.local_crops_number", "local_crops_scale": "data.local_crops_scale",
     "seed": "run.seed",
 }
-NETWORKS = ("student", "teacher")
 SIZE_OPTIONS = ("embed_dim", "depth", "num_heads")
 
 
@@ -56,10 +55,8 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _split_network(state: dict[str, torch.Tensor], name: str, path: Path) -> dict[str, torch.Tensor]:
-    """``[module.]backbone.*`` / ``[module.]head.*`` of one official network -> ``name.backbone.*``..."""
-    if state and all(k.startswith("module.") for k in state):  # saved from a DDP model
-        state = strip_prefix("module.", state)
+def _network_tensors(state: dict[str, torch.Tensor], name: str, path: Path) -> dict[str, torch.Tensor]:
+    """``backbone.*`` / ``head.*`` of one official network -> ``name.backbone.*`` / ``name.head.*``."""
     stray = sorted(k for k in state if not k.startswith(("backbone.", "head.")))
     if stray:
         raise ValueError(f"{path}: '{name}' has keys outside backbone./head.: {stray[:10]}")
@@ -70,36 +67,26 @@ def official_to_ours(path: str | Path, key: str = "teacher") -> tuple[dict[str, 
     """Tensors of an official checkpoint under our keys, and ``{"epoch", "networks", "args"}``.
 
     A full checkpoint gives both networks and ``loss.center`` / ``loss.center2``; a backbone-only
-    file gives ``{key}.backbone.*``. The file is opened with ``weights_only=True`` (:mod:`ibot.hub`).
+    file gives ``{key}.backbone.*``.
     """
-    from ibot import hub
-    from ibot.eval.checkpoints import check_key
+    from ibot.hub import DERIVED_KEYS
 
     path = Path(path)
     check_key(key)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = hub.safe_torch_load(path)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not an official checkpoint dict")
+    checkpoint = official.read_official(path)
     tensors: dict[str, torch.Tensor] = {}
-    if "state_dict" in checkpoint:  # published backbone
-        tensors = {f"{key}.backbone.{k}": v for k, v in checkpoint["state_dict"].items()}
+    if checkpoint.backbone is not None:  # published backbone
+        tensors = {f"{key}.backbone.{k}": v for k, v in checkpoint.backbone.items()}
         networks = [key]
-    elif any(name in checkpoint for name in NETWORKS):
-        networks = [name for name in NETWORKS if name in checkpoint]
-        for name in networks:
-            tensors.update(_split_network(checkpoint[name], name, path))
-        centres = checkpoint.get("ibot_loss") or {}
-        tensors.update({f"loss.{k}": v for k, v in centres.items() if k in ("center", "center2")})
     else:
-        raise ValueError(f"{path} has no 'student', 'teacher' or 'state_dict' entry "
-                         f"(entries: {', '.join(map(str, checkpoint))})")
+        networks = list(checkpoint.networks)
+        for name, state in checkpoint.networks.items():
+            tensors.update(_network_tensors(state, name, path))
+        tensors.update({f"loss.{k}": v for k, v in checkpoint.centres.items()})
     # buffers the official Swin saves and we derive (relative position index)
-    tensors = {k: v for k, v in tensors.items() if not k.endswith(hub.DERIVED_KEYS)}
-    args = checkpoint.get("args")
-    meta = {"epoch": int(checkpoint.get("epoch", 0)), "networks": networks,
-            "args": {k: _json_safe(v) for k, v in vars(args).items()} if args is not None else {}}
+    tensors = {k: v for k, v in tensors.items() if not k.endswith(DERIVED_KEYS)}
+    args = checkpoint.args or {}
+    meta = {"epoch": checkpoint.epoch, "networks": networks, "args": {k: _json_safe(v) for k, v in args.items()}}
     return tensors, meta
 
 
@@ -156,7 +143,7 @@ def official_config(tensors: dict[str, torch.Tensor], args: dict[str, Any], arch
 
 def _check_network(tensors: dict[str, torch.Tensor], name: str, cfg: PretrainConfig, path: Path) -> None:
     """Load ``name``'s tensors into the network ``cfg`` builds; a one-line error lists the mismatches."""
-    from ibot.eval.checkpoints import backbone_kwargs_from_config
+    from ibot.hub import backbone_kwargs_from_config
     from ibot.models import IBOTHead, build_backbone
 
     arch, patch_size, kwargs = backbone_kwargs_from_config(cfg.to_dict())
@@ -201,4 +188,4 @@ def convert_checkpoint(src: str | Path, dst: str | Path, arch: str | None = None
     config_from_dict(config)  # what every reader of our checkpoints will do with it
     meta = {"epoch": info["epoch"], "step_in_epoch": 0, "config": config,
             "source": {"format": "official", "file": src.name, "networks": info["networks"], "args": info["args"]}}
-    return save_checkpoint(dst, tensors, meta), meta
+    return save_checkpoint(dst, tensors, meta, kind="pretrain"), meta

@@ -139,7 +139,9 @@ def _child_env() -> dict[str, str]:
 
 def pretrain_checkpoint(args: argparse.Namespace) -> Path:
     """The checkpoint the evaluation stages read: ``--checkpoint``, else the pretrain stage's."""
-    return Path(args.checkpoint) if args.checkpoint else Path(args.output_dir) / "pretrain" / "checkpoint.safetensors"
+    from ibot.formats.ours import CHECKPOINT_NAME
+
+    return Path(args.checkpoint) if args.checkpoint else Path(args.output_dir) / "pretrain" / CHECKPOINT_NAME
 
 
 def run_stages(args: argparse.Namespace) -> tuple[int, dict[str, float]]:

@@ -51,10 +51,10 @@ def _load_classifier(path: Path) -> Exportable:
     """The fine-tuned model of an ``ibot finetune`` checkpoint (:mod:`ibot.eval.finetune`)."""
     from ibot.eval.finetune import FinetuneModel
     from ibot.models import build_backbone
-    from ibot.train.checkpoint import load_checkpoint, strip_prefix
+    from ibot.formats.ours import checkpoint_kind, load_checkpoint, strip_prefix
 
     tensors, meta = load_checkpoint(path, prefix="model.")
-    if meta.get("kind") != "finetune":
+    if checkpoint_kind(meta, path) != "finetune":
         raise ValueError(f"{path} is not an 'ibot finetune' checkpoint; export a backbone with --kind features")
     info = meta.get("backbone") or {}
     state = strip_prefix("model.", tensors)
@@ -81,7 +81,7 @@ def load_exportable(checkpoint: str | Path, kind: str = "features", key: str = "
     """The ``key`` backbone of a pre-training checkpoint (ours or official: ``arch`` needed) for
     ``kind="features"``, or the model of a fine-tuning checkpoint for ``kind="classifier"``."""
     from ibot.eval.checkpoints import load_backbone
-    from ibot.train.checkpoint import is_our_checkpoint, load_checkpoint
+    from ibot.formats.ours import checkpoint_kind, is_our_checkpoint, read_metadata
 
     path = Path(checkpoint)
     if kind not in KINDS:
@@ -90,7 +90,7 @@ def load_exportable(checkpoint: str | Path, kind: str = "features", key: str = "
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if kind == "classifier":
         return _load_classifier(path)
-    if is_our_checkpoint(path) and load_checkpoint(path, prefix="\0")[1].get("kind") == "finetune":  # metadata only
+    if is_our_checkpoint(path) and checkpoint_kind(read_metadata(path), path) == "finetune":
         raise ValueError(f"{path} is a fine-tuning checkpoint: export it with --kind classifier")
     loaded = load_backbone(path, key=key, arch=arch, patch_size=patch_size)
     return Exportable(loaded.backbone.eval(), "features", loaded.image_size, loaded.patch_size,

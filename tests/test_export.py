@@ -13,9 +13,9 @@ import torch
 
 from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES, resolve_config
 from ibot.export import compare_with_onnx, export_checkpoint, export_onnx, load_exportable
+from ibot.formats.ours import prefixed, save_checkpoint
 from ibot.infer import Preprocess, read_model_info
 from ibot.models import build_backbone
-from ibot.train.checkpoint import prefixed, save_checkpoint
 
 TINY = [*TINY_MODEL_OVERRIDES, *TINY_CROP_OVERRIDES]
 
@@ -31,7 +31,8 @@ def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
         for p in teacher.parameters():
             p.add_(0.01 * torch.randn_like(p))
     tensors = {**prefixed("student.", student.state_dict()), **prefixed("teacher.", teacher.state_dict())}
-    return save_checkpoint(path, tensors, {"epoch": 1, "step_in_epoch": 0, "config": cfg.to_dict()})
+    return save_checkpoint(path, tensors, {"epoch": 1, "step_in_epoch": 0, "config": cfg.to_dict()},
+                           kind="pretrain")
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
 
 from ibot.config import TINY_MODEL_OVERRIDES  # noqa: E402
+from ibot.formats.ours import CHECKPOINT_NAME  # noqa: E402
 
 SUBSET = ROOT / "ibot" / "data" / "assets" / "fashion_mnist_subset.npz"  # ibot.data.fashion_mnist.SUBSET_PATH
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| on features and class probabilities
@@ -147,7 +148,7 @@ def compare_with_pytorch(out: Path) -> dict[str, float]:
 
     index = json.loads((out / "infer" / "features.json").read_text())
     features = np.load(out / "infer" / "features.npy")
-    expected = reference(out / "pretrain" / "checkpoint.safetensors", out / "export" / "features.onnx",
+    expected = reference(out / "pretrain" / CHECKPOINT_NAME, out / "export" / "features.onnx",
                          index["files"], "features")
     feature_diff = float(np.abs(features - expected).max())
     result = {"features_max_abs_diff": feature_diff, "images": len(index["files"])}
@@ -155,7 +156,7 @@ def compare_with_pytorch(out: Path) -> dict[str, float]:
         raise AssertionError(f"features: max |ONNX - PyTorch| = {feature_diff:.2e} >= {TOLERANCE}")
 
     predictions = json.loads((out / "infer" / "predictions.json").read_text())["predictions"]
-    logits = reference(out / "finetune" / "checkpoint.safetensors", out / "export" / "classifier.onnx",
+    logits = reference(out / "finetune" / CHECKPOINT_NAME, out / "export" / "classifier.onnx",
                        [p["file"] for p in predictions], "classifier")
     probs = torch.from_numpy(logits).softmax(dim=1).numpy()
     top1_same = all(p["top5"][0]["index"] == int(row.argmax()) for p, row in zip(predictions, probs))
@@ -170,8 +171,8 @@ def compare_with_pytorch(out: Path) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------ stages
 def build_stages(out: Path, lite: bool) -> list[Stage]:
-    pretrain_ckpt = str(out / "pretrain" / "checkpoint.safetensors")
-    finetune_ckpt = str(out / "finetune" / "checkpoint.safetensors")
+    pretrain_ckpt = str(out / "pretrain" / CHECKPOINT_NAME)
+    finetune_ckpt = str(out / "finetune" / CHECKPOINT_NAME)
     images = out / "images"
     eval_data = ["--data", str(images)] if lite else []  # full: the pre-training data (Fashion-MNIST)
     if lite:

@@ -75,7 +75,9 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> str | None:
     """``--resume``: ``auto`` is OUTPUT_DIR/checkpoint.safetensors when it exists (else a fresh
     start); any other value must name an existing file."""
     if resume == "auto":
-        candidate = Path(output_dir) / "checkpoint.safetensors"
+        from ibot.formats.ours import CHECKPOINT_NAME
+
+        candidate = Path(output_dir) / CHECKPOINT_NAME
         return str(candidate) if candidate.exists() else None
     if resume and not Path(resume).is_file():
         raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")

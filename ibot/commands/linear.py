@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 @command("linear", "linear probe on frozen features (official feature recipes, lr sweep)")(add_arguments)
 def run(args: argparse.Namespace) -> int:
     from ibot.eval.linear import DEFAULT_LRS, LinearFeatures, default_recipe, train_linear_sweep
-    from ibot.train.checkpoint import save_checkpoint
+    from ibot.formats.ours import save_checkpoint
 
     loaded = common.load_model(args)
     n_default, avgpool_default = default_recipe(loaded.arch)
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
           f"epoch {result['epoch']})")
     out = common.output_dir(args)
     save_checkpoint(out / "linear_head.safetensors", {"weight": result["weight"], "bias": result["bias"]},
-                    {"kind": "linear-head", "features": features.kind, "lr": result["lr"], "top1": result["top1"]})
+                    {"features": features.kind, "lr": result["lr"], "top1": result["top1"]}, kind="linear_head")
     summary = {k: v for k, v in result.items() if k not in ("weight", "bias")}
     common.write_results(args, "linear", {**info, "features": features.kind, "feature_dim": int(train_x.shape[1]),
                                           "epochs": args.epochs, **summary})

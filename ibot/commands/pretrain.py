@@ -80,7 +80,7 @@ def _output_dir(args: argparse.Namespace) -> Path:
     """The run's folder: --output-dir, a run.output_dir override, the folder of a resumed
     checkpoint of ours, else the preset's (or YAML file's)."""
     from ibot.config import parse_override, resolve_config
-    from ibot.train.checkpoint import is_our_checkpoint
+    from ibot.formats.ours import is_our_checkpoint
 
     if args.output_dir:
         return Path(args.output_dir)
@@ -111,18 +111,18 @@ def resolve_run(args: argparse.Namespace) -> RunStart:
     import yaml
 
     from ibot.config import config_changes, config_from_dict, is_run_defining, resolve_config
-    from ibot.train.checkpoint import is_our_checkpoint, read_shapes
+    from ibot.formats.ours import CHECKPOINT_NAME, checkpoint_kind, is_our_checkpoint, read_shapes
 
     if not args.resume:
         return RunStart(_resolve_pretrain_config(args), None, False, [])
     output_dir = _output_dir(args)
     resume = resolve_resume(args.resume, output_dir)
     continues_here = args.resume == "auto" or (resume is not None and Path(resume).resolve()
-                                               == (output_dir / "checkpoint.safetensors").resolve())
+                                               == (output_dir / CHECKPOINT_NAME).resolve())
     saved, shapes, source = None, None, None
     if resume and is_our_checkpoint(resume):
         shapes, meta = read_shapes(resume)
-        if "config" not in meta:
+        if checkpoint_kind(meta, resume) != "pretrain":
             raise ValueError(f"{resume} holds no pre-training config; is it a pre-training checkpoint?")
         saved, source = meta["config"], f"{resume} (epoch {meta.get('epoch')}, step {meta.get('step_in_epoch')})"
     elif resume is None and (output_dir / "config.yaml").is_file():  # a run stopped before its first checkpoint
@@ -163,7 +163,7 @@ def resolve_run(args: argparse.Namespace) -> RunStart:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from ibot.train.checkpoint import CheckpointWriteError
+    from ibot.formats.ours import CheckpointWriteError
     from ibot.train.run_dir import prepare_output_dir
 
     start = resolve_run(args)

@@ -1,8 +1,8 @@
 """Backbones (and pre-training heads) to evaluate: from our checkpoints or official ones.
 
-- Ours (``.safetensors``, :mod:`ibot.train.checkpoint`): the architecture, patch size, size
+- Ours (``.safetensors``, :mod:`ibot.formats.ours`): the architecture, patch size, size
   overrides and crop size come from the pre-training config stored in the file's metadata.
-- Official (``.pth``): :func:`ibot.hub.load_backbone` with the ``arch`` the user names; the
+- Official (``.pth``): :func:`ibot.hub.backbone_from_file` with the ``arch`` the user names; the
   evaluation size is the official 224 px.
 
 ``key`` picks the ``teacher`` (default, as in the official evaluations) or the ``student``.
@@ -18,19 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ibot.formats.ours import check_key, checkpoint_kind, is_our_checkpoint
+from ibot.hub import backbone_kwargs_from_config
 from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
-from ibot.train.checkpoint import is_our_checkpoint
 
-KEYS = ("teacher", "student")
 OFFICIAL_IMAGE_SIZE = 224
 _ARCH_NAMES = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
                "swin_tiny": "Swin-T"}
-
-
-def check_key(key: str) -> None:
-    """One-line error unless ``key`` names a network of a pre-training checkpoint."""
-    if key not in KEYS:
-        raise ValueError(f"--key must be one of {', '.join(KEYS)}, got {key!r}")
 
 
 @dataclass
@@ -69,15 +63,6 @@ class LoadedBackbone:
                 "key": self.key}
 
 
-def backbone_kwargs_from_config(config: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
-    """``(arch, patch_size, build kwargs)`` of the backbone a pre-training config describes."""
-    from ibot.config import backbone_kwargs, config_from_dict
-
-    cfg = config_from_dict(config)
-    kwargs = backbone_kwargs(cfg)
-    return cfg.model.arch, kwargs.pop("patch_size"), kwargs
-
-
 def load_backbone(path: str | Path, key: str = "teacher", arch: str | None = None, patch_size: int | None = None,
                   **overrides: Any) -> LoadedBackbone:
     """Load the ``key`` backbone of ``path`` (ours or official), in eval mode.
@@ -97,7 +82,7 @@ def load_backbone(path: str | Path, key: str = "teacher", arch: str | None = Non
                          f"--arch, arch= in Python (vit_small, vit_base, vit_large, swin_tiny, ...)")
     from ibot import hub
 
-    backbone = hub.load_backbone(path, arch, patch_size, key=key, **overrides)
+    backbone = hub.backbone_from_file(path, arch, patch_size, key=key, **overrides)
     patch_size = patch_size or backbone.patch_size
     image_size = int(getattr(backbone.patch_embed, "img_size", (OFFICIAL_IMAGE_SIZE,))[0])  # its pos_embed's size
     kwargs = {k: v for k, v in overrides.items() if k not in ("drop_path_rate", "masked_im_modeling")}
@@ -106,11 +91,11 @@ def load_backbone(path: str | Path, key: str = "teacher", arch: str | None = Non
 
 def _load_ours(path: Path, key: str, arch: str | None, patch_size: int | None,
                overrides: dict[str, Any]) -> LoadedBackbone:
+    from ibot.formats.ours import load_checkpoint, read_shapes, strip_prefix
     from ibot.models import build_backbone
-    from ibot.train.checkpoint import load_checkpoint, read_shapes, strip_prefix
 
     shapes, meta = read_shapes(path, prefix=f"{key}.backbone.")
-    if "config" not in meta:
+    if checkpoint_kind(meta, path) != "pretrain":
         raise ValueError(f"{path} holds no pre-training config; is it a pre-training checkpoint?")
     file_arch, file_patch, kwargs = backbone_kwargs_from_config(meta["config"])
     if (arch and arch != file_arch) or (patch_size and patch_size != file_patch):
@@ -150,8 +135,8 @@ def load_head(path: str | Path, key: str = "teacher") -> nn.Module:
     from ibot import hub
 
     check_key(key)
-    _, state = hub.load_official_checkpoint(path, key)
+    _, state = hub.network_state(path, key)
     if not state:
         raise ValueError(f"{path} holds no '{key}' head (a backbone-only file?); prototype clustering needs "
                          "a full checkpoint")
-    return hub.load_head(path, key, **infer_head_kwargs(state))
+    return hub.head_from_file(path, key, **infer_head_kwargs(state))

@@ -35,6 +35,7 @@ from ibot.data.datasets import Holdout, build_dataset
 from ibot.eval.features import EvalDataset, collate_skip_none
 from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
 from ibot.eval.metrics import topk_hits
+from ibot.formats.ours import CHECKPOINT_NAME
 from ibot.image_io import format_skipped
 from ibot.progress import progress_bar, write
 
@@ -141,7 +142,7 @@ class Finetuner:
 
         self.cfg, self.data, self.arch = cfg, data, arch
         self.output_dir = Path(output_dir)
-        self.checkpoint_path = self.output_dir / "checkpoint.safetensors"
+        self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
         self.backbone_info = backbone_info or {}
         self.device = resolve_device(cfg.device)
         self.amp_dtype = resolve_precision("auto", self.device)
@@ -186,22 +187,22 @@ class Finetuner:
 
     # -------------------------------------------------------------------------- checkpoints
     def save(self, epoch: int, history: list[dict[str, Any]]) -> Path:
-        from ibot.train import checkpoint as ckpt
+        from ibot.formats import ours as ckpt
 
         opt_tensors, param_groups = ckpt.optimizer_to_tensors(self.optimizer.state_dict())
         tensors = {**ckpt.prefixed("model.", self.model.state_dict()), **opt_tensors}
         if self.ema is not None:
             tensors.update(ckpt.prefixed("ema.", self.ema.module.state_dict()))
-        meta = {"kind": "finetune", "epoch": epoch, "finetune": dataclasses.asdict(self.cfg), "data": self.data,
+        meta = {"epoch": epoch, "finetune": dataclasses.asdict(self.cfg), "data": self.data,
                 "arch": self.arch, "backbone": self.backbone_info, "classes": self.classes,
                 "optimizer_param_groups": param_groups, "history": history}
-        return ckpt.save_checkpoint(self.checkpoint_path, tensors, meta)
+        return ckpt.save_checkpoint(self.checkpoint_path, tensors, meta, kind="finetune")
 
     def load(self, path: str | Path) -> tuple[int, list[dict[str, Any]]]:
-        from ibot.train import checkpoint as ckpt
+        from ibot.formats import ours as ckpt
 
         tensors, meta = ckpt.load_checkpoint(path)
-        if meta.get("kind") != "finetune":
+        if ckpt.checkpoint_kind(meta, path) != "finetune":
             raise ValueError(f"--resume: {path} is not a fine-tuning checkpoint")
         try:
             self.model.load_state_dict(ckpt.strip_prefix("model.", tensors))

@@ -29,7 +29,7 @@ from ibot.loss import IBOTLoss, koleo_loss
 from ibot.models import IBOTHead, MultiCropWrapper, build_backbone, use_explicit_attention
 from ibot.models.multicrop import pad_mask_index
 from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
-from ibot.train import checkpoint as ckpt
+from ibot.formats import ours as ckpt
 from ibot.train.distributed import DistInfo, barrier, init_distributed, union_over_processes
 from ibot.train.ema import EMAUpdater
 from ibot.train.run_logger import RunLogger
@@ -125,7 +125,7 @@ class Pretrainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.amp_dtype = resolve_precision(cfg.run.precision, self.device)
         self.output_dir = Path(cfg.run.output_dir)
-        self.checkpoint_path = self.output_dir / "checkpoint.safetensors"
+        self.checkpoint_path = self.output_dir / ckpt.CHECKPOINT_NAME
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.student, self.teacher = build_student_teacher(cfg)
@@ -206,7 +206,7 @@ class Pretrainer:
                 "config": self.cfg.to_dict(), "optimizer_param_groups": param_groups,
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "world_size": self.dist.world_size}
-        return ckpt.save_checkpoint(self.checkpoint_path, tensors, meta)
+        return ckpt.save_checkpoint(self.checkpoint_path, tensors, meta, kind="pretrain")
 
     def load(self, path: str | Path) -> TrainState:
         """Restore a run from one of our checkpoints (exactly), from a file written by ``ibot

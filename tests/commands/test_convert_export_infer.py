@@ -14,7 +14,8 @@ from ibot import hub
 from ibot.cli import main
 from ibot.config import config_from_dict
 from ibot.eval.checkpoints import load_backbone
-from ibot.train.checkpoint import load_checkpoint, strip_prefix
+from ibot.formats.official import safe_torch_load
+from ibot.formats.ours import load_checkpoint, strip_prefix
 from ibot.train.trainer import build_student_teacher
 from tests.test_export import write_tiny_checkpoint
 
@@ -42,7 +43,7 @@ def test_convert_full_checkpoint_keeps_both_networks_and_centres(fixtures_dir, t
     x = reference["x_global"]
     for key in ("teacher", "student"):
         ours = load_backbone(out, key=key)
-        official = hub.load_backbone(src, "vit_tiny", official_arch["patch_size"], key=key, **official_vit)
+        official = hub.backbone_from_file(src, "vit_tiny", official_arch["patch_size"], key=key, **official_vit)
         with torch.no_grad():
             got = ours.backbone(x, return_all_tokens=True)
             torch.testing.assert_close(got, official(x, return_all_tokens=True), atol=0, rtol=0)
@@ -51,12 +52,13 @@ def test_convert_full_checkpoint_keeps_both_networks_and_centres(fixtures_dir, t
                                    reference["tokens_global"], atol=1e-5, rtol=0)
 
     tensors, meta = load_checkpoint(out)
-    raw = hub.safe_torch_load(src)
+    raw = safe_torch_load(src)
     torch.testing.assert_close(tensors["loss.center"], raw["ibot_loss"]["center"], atol=0, rtol=0)
     torch.testing.assert_close(tensors["loss.center2"], raw["ibot_loss"]["center2"], atol=0, rtol=0)
     torch.testing.assert_close(tensors["teacher.head.last_layer.weight_g"], raw["teacher"]["head.last_layer.weight_g"])
     assert "student.backbone.masked_embed" in tensors and "teacher.backbone.masked_embed" not in tensors
     assert meta["epoch"] == raw["epoch"] and meta["step_in_epoch"] == 0
+    assert meta["kind"] == "pretrain"
     cfg = config_from_dict(meta["config"])
     a = official_arch
     assert (cfg.model.arch, cfg.model.patch_size, cfg.model.img_size) == ("vit_tiny", a["patch_size"], a["img_size"])

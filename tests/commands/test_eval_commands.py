@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ibot.cli import main
+from ibot.formats.ours import read_metadata
 from tests.eval.helpers import session_tiny_run
 from tests.train.helpers import make_image_folder
 
@@ -45,6 +46,7 @@ def test_linear_command(tiny_run, tmp_path):
     assert result["features"] == "linear-n1-avgpool0" and result["feature_dim"] == 32
     assert [r["lr"] for r in result["per_lr"]] == [0.1, 1.0] and result["lr"] in (0.1, 1.0)
     assert (tmp_path / "linear_head.safetensors").is_file()
+    assert read_metadata(tmp_path / "linear_head.safetensors")["kind"] == "linear_head"
 
 
 def test_cluster_command(tiny_run, tmp_path):

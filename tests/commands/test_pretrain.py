@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 
 from ibot.cli import main
 from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
-from ibot.train import checkpoint as ckpt
+from ibot.formats import ours as ckpt
 from tests.test_cli_errors import one_line_error
 from tests.train.helpers import make_image_folder
 
@@ -185,7 +185,7 @@ def test_metadata_promising_a_huge_network_is_refused_before_building(tmp_path, 
     assert main(new_run(out, folder, "--max-steps", "1")) == 0
     tensors, meta = ckpt.load_checkpoint(out / "checkpoint.safetensors")
     meta["config"]["model"]["embed_dim"] = 1_000_000
-    crafted = ckpt.save_checkpoint(tmp_path / "crafted" / "checkpoint.safetensors", tensors, meta)
+    crafted = ckpt.save_checkpoint(tmp_path / "crafted" / "checkpoint.safetensors", tensors, meta, kind="pretrain")
     capsys.readouterr()
     forbid_building(monkeypatch)
     line = one_line_error(["pretrain", "--resume", str(crafted), "--batch-size-per-device", "4"], capsys)

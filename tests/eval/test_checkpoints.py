@@ -3,7 +3,7 @@ import torch
 
 from ibot.eval.checkpoints import infer_head_kwargs, load_backbone, load_head
 from ibot.eval.linear import LinearFeatures
-from ibot.train import checkpoint as ckpt
+from ibot.formats import ours as ckpt
 
 
 def test_our_checkpoint_rebuilds_the_backbone_from_its_config(tiny_run):
@@ -69,7 +69,7 @@ def test_metadata_that_does_not_describe_the_tensors_is_refused_before_building(
     checkpoint, _ = tiny_run
     tensors, meta = ckpt.load_checkpoint(checkpoint)
     meta["config"]["model"]["embed_dim"] = 1_000_000  # a 12 TB first block, were it built
-    crafted = ckpt.save_checkpoint(tmp_path / "crafted.safetensors", tensors, meta)
+    crafted = ckpt.save_checkpoint(tmp_path / "crafted.safetensors", tensors, meta, kind="pretrain")
 
     def refuse(*args, **kwargs):
         raise AssertionError("a backbone was built")

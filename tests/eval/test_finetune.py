@@ -4,8 +4,8 @@ import torch
 from ibot.eval.checkpoints import load_backbone
 from ibot.eval.finetune import FinetuneModel, Finetuner, layer_decay_param_groups
 from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
+from ibot.formats import ours as ckpt
 from ibot.models import build_backbone
-from ibot.train import checkpoint as ckpt
 
 
 def rates(model, groups):

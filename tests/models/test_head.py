@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from ibot.hub import load_head
+from ibot.hub import head_from_file
 from ibot.models import IBOTHead
 from ibot.models.head import WeightNormLinear
 
@@ -81,7 +81,7 @@ def test_mlp_layout_init_and_options():
 @torch.no_grad()
 def test_teacher_head_matches_official(fixtures_dir, official_head):
     reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
-    head = load_head(fixtures_dir / "vit_full_checkpoint.pth", key="teacher", **official_head)
+    head = head_from_file(fixtures_dir / "vit_full_checkpoint.pth", key="teacher", **official_head)
     cls, patch = head(reference["tokens_global"])
     torch.testing.assert_close(cls, reference["teacher_head_cls"], atol=1e-5, rtol=0)
     torch.testing.assert_close(patch, reference["teacher_head_patch"], atol=1e-5, rtol=0)

@@ -3,7 +3,7 @@ import copy
 import torch
 from timm.layers import DropPath
 
-from ibot.hub import load_official_checkpoint
+from ibot.hub import network_state
 from ibot.models import IBOTHead, MultiCropWrapper, swin_tiny, vit_tiny
 from ibot.models.multicrop import bucket_rows, pad_mask_index
 
@@ -56,7 +56,7 @@ def test_swin_student_gives_pooled_and_last_stage_tokens():
 
 def test_official_teacher_state_dict_loads_as_is(fixtures_dir, official_arch, official_vit, official_head):
     # the official teacher is MultiCropWrapper(backbone, head): keys backbone.* and head.*
-    backbone_state, head_state = load_official_checkpoint(fixtures_dir / "vit_full_checkpoint.pth", "teacher")
+    backbone_state, head_state = network_state(fixtures_dir / "vit_full_checkpoint.pth", "teacher")
     state = {f"backbone.{k}": v for k, v in backbone_state.items()} | {f"head.{k}": v for k, v in head_state.items()}
     backbone = vit_tiny(patch_size=official_arch["patch_size"], img_size=official_arch["img_size"], **official_vit)
     model = MultiCropWrapper(backbone, IBOTHead(**official_head))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ibot.hub import load_backbone
+from ibot.hub import backbone_from_file
 from ibot.models import build_backbone, use_explicit_attention, vit_base, vit_large, vit_small, vit_tiny
 
 ATOL = 1e-5  # float32 CPU, official vs ours: observed differences are ~3e-6
@@ -14,7 +14,7 @@ def reference(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def teacher(fixtures_dir, official_arch, official_vit):
-    return load_backbone(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny",
+    return backbone_from_file(fixtures_dir / "vit_checkpoint_teacher.pth", arch="vit_tiny",
                          patch_size=official_arch["patch_size"], **official_vit)
 
 
@@ -47,7 +47,8 @@ def test_intermediate_layers_match_official(reference, teacher):
 
 @torch.no_grad()
 def test_masked_student_matches_official(reference, fixtures_dir, official_vit):
-    student = load_backbone(fixtures_dir / "vit_full_checkpoint.pth", arch="vit_tiny", key="student", **official_vit)
+    student = backbone_from_file(fixtures_dir / "vit_full_checkpoint.pth", arch="vit_tiny", key="student",
+                                 **official_vit)
     out = student(reference["x_global"], mask=reference["student_mask"], return_all_tokens=True)
     torch.testing.assert_close(out, reference["student_masked_tokens"], atol=ATOL, rtol=0)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ibot.train import checkpoint as ckpt
+from ibot.formats import ours as ckpt
 from ibot.train.trainer import NonFiniteLossError, Pretrainer
 from tests.train.helpers import make_image_folder, tiny_config
 
@@ -214,7 +214,7 @@ def test_two_process_gloo_equals_one_process(tmp_path, image_folder, centering):
 
 
 def test_resume_from_official_full_checkpoint(tmp_path, image_folder, fixtures_dir, official_arch):
-    from ibot.hub import load_official_checkpoint
+    from ibot.hub import network_state
 
     official = fixtures_dir / "vit_full_checkpoint.pth"
     a = official_arch
@@ -225,7 +225,7 @@ def test_resume_from_official_full_checkpoint(tmp_path, image_folder, fixtures_d
                       "data.local_crops_size=16", "optim.epochs=20")
     trainer = Pretrainer(cfg)
     state = trainer.load(official)
-    teacher_backbone, teacher_head = load_official_checkpoint(official, key="teacher")
+    teacher_backbone, teacher_head = network_state(official, key="teacher")
     ours = trainer.teacher.state_dict()
     for key, value in teacher_backbone.items():
         torch.testing.assert_close(ours[f"backbone.{key}"], value, rtol=0, atol=0)

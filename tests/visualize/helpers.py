@@ -11,9 +11,9 @@ from PIL import Image
 from torch import nn
 
 from ibot.config import get_preset
-from ibot.eval.checkpoints import backbone_kwargs_from_config
+from ibot.formats.ours import prefixed, save_checkpoint
+from ibot.hub import backbone_kwargs_from_config
 from ibot.models import build_backbone
-from ibot.train.checkpoint import prefixed, save_checkpoint
 
 PATCH, SIDE = 4, 16  # a 4 x 4 grid of patches
 BRIGHT = (1, 2)  # the one white patch (row, col) of the synthetic image
@@ -67,7 +67,7 @@ def tiny_checkpoint(path: Path, preset: str = "cpu", **model: int) -> Path:
     torch.manual_seed(0)
     backbone = build_backbone(arch, patch_size=patch_size, **kwargs)
     return save_checkpoint(path, prefixed("teacher.backbone.", backbone.state_dict()),
-                           {"config": tree, "epoch": 0, "step": 0})
+                           {"config": tree, "epoch": 0, "step": 0}, kind="pretrain")
 
 
 def noise_image(path: Path, size: tuple[int, int] = (28, 28), mode: str = "RGB", seed: int = 0) -> Path:

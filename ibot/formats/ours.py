@@ -1,8 +1,15 @@
 """Our checkpoint format: one ``.safetensors`` file, tensors plus JSON metadata, written atomically.
 
-Tensor keys: ``student.backbone.*``, ``student.head.*``, ``teacher.*``, ``loss.center``,
-``loss.center2``, ``optimizer.state.<i>.<name>``, ``rng.*``. The metadata entry ``ibot`` holds
-JSON: the resolved config, epoch and step counters, optimizer param groups, grad-scaler state.
+The metadata entry ``ibot`` holds JSON with ``format``, ``version`` and ``kind``, the writer that
+made the file (:data:`KINDS`):
+
+- ``pretrain`` (``ibot pretrain``, ``ibot convert``): ``student.backbone.*``, ``student.head.*``,
+  ``teacher.*``, ``loss.center``, ``loss.center2``, ``optimizer.state.<i>.<name>``, ``rng.*``;
+  metadata: the resolved config, epoch and step counters, optimizer param groups, grad-scaler state;
+- ``finetune`` (``ibot finetune``): ``model.*``, ``ema.*``, ``optimizer.state.*``;
+- ``linear_head`` (``ibot linear``): ``weight``, ``bias``.
+
+Files written before ``kind`` was stamped are classified by :func:`checkpoint_kind`.
 Safetensors runs no code on load, so our own files are safe to open from anywhere.
 """
 
@@ -23,6 +30,28 @@ from safetensors.torch import save_file
 
 FORMAT = "ibot-checkpoint"
 VERSION = 1
+CHECKPOINT_NAME = "checkpoint.safetensors"  # the file a pre-training or fine-tuning run writes in its folder
+KINDS = ("pretrain", "finetune", "linear_head")
+NETWORKS = ("teacher", "student")  # the networks of a pre-training checkpoint; the teacher is evaluated by default
+_OLD_KIND_NAMES = {"linear-head": "linear_head"}  # spelled so before kinds were stamped by the writer
+
+
+def checkpoint_kind(meta: dict[str, Any], path: str | Path | None = None) -> str | None:
+    """The writer of a file with metadata ``meta`` (one of :data:`KINDS`): its ``kind``, or for
+    files without one, ``pretrain`` when it holds a pre-training ``config``; None when unknown."""
+    kind = meta.get("kind")
+    if kind is None:
+        return "pretrain" if "config" in meta else None
+    kind = _OLD_KIND_NAMES.get(kind, kind)
+    if kind not in KINDS:
+        raise ValueError(f"{path or 'checkpoint'} has an unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    return kind
+
+
+def check_key(key: str) -> None:
+    """One-line error unless ``key`` names a network of a pre-training checkpoint."""
+    if key not in NETWORKS:
+        raise ValueError(f"--key must be one of {', '.join(NETWORKS)}, got {key!r}")
 
 
 def is_our_checkpoint(path: str | Path) -> bool:
@@ -56,10 +85,15 @@ def _write_error(path: Path, exc: Exception) -> CheckpointWriteError:
     return error
 
 
-def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write ``tensors`` and ``meta`` to ``path`` through a temporary file and an atomic rename;
-    :class:`CheckpointWriteError` when that fails (``path`` is then as it was)."""
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, kind: str) -> Path:
+    """Write ``tensors`` and ``meta``, stamped with ``kind`` (one of :data:`KINDS`), to ``path``
+    through a temporary file and an atomic rename; :class:`CheckpointWriteError` when that fails
+    (``path`` is then as it was)."""
     path = Path(path)
+    if kind not in KINDS:
+        raise ValueError(f"cannot write {path}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if "kind" in meta and checkpoint_kind(meta, path) != kind:
+        raise ValueError(f"cannot write {path} as a {kind} checkpoint: its metadata says kind {meta['kind']!r}")
     seen: set[tuple[int, int]] = set()
     plain: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
@@ -68,7 +102,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
         # safetensors refuses tensors that share memory (a shared head's last_layer2): copy them
         plain[key] = tensor.clone() if ident in seen else tensor
         seen.add(ident)
-    header = {"ibot": json.dumps({"format": FORMAT, "version": VERSION, **meta})}
+    header = {"ibot": json.dumps({"format": FORMAT, "version": VERSION, **meta, "kind": kind})}
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +158,11 @@ def read_shapes(path: str | Path, prefix: str = "") -> tuple[dict[str, tuple[int
     tensor is read) and the metadata of one of our files."""
     return _read(path, lambda handle: {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()
                                        if k.startswith(prefix)})
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of one of our files (no tensor is read)."""
+    return _read(path, lambda handle: {})[1]
 
 
 def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from ibot.train import checkpoint as ckpt
+from ibot.formats import ours as ckpt
 
 
 def test_round_trip_with_shared_tensors_and_optimizer(tmp_path):
@@ -17,7 +17,8 @@ def test_round_trip_with_shared_tensors_and_optimizer(tmp_path):
     opt.step()
     opt_tensors, groups = ckpt.optimizer_to_tensors(opt.state_dict())
     tensors = {"a.weight": weight, "b.weight": weight, **opt_tensors}  # a shared tensor, as a shared head
-    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", tensors, {"epoch": 3, "config": {"x": [1, 2]}})
+    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", tensors, {"epoch": 3, "config": {"x": [1, 2]}},
+                                kind="pretrain")
     loaded, meta = ckpt.load_checkpoint(path)
     assert meta["epoch"] == 3 and meta["config"] == {"x": [1, 2]} and meta["format"] == "ibot-checkpoint"
     assert torch.equal(loaded["a.weight"], weight) and torch.equal(loaded["b.weight"], weight)
@@ -28,14 +29,14 @@ def test_round_trip_with_shared_tensors_and_optimizer(tmp_path):
 
 
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(2)}, {"epoch": 1})
+    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(2)}, {"epoch": 1}, kind="pretrain")
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt, "save_file", crash)
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(path, {"w": torch.zeros(2)}, {"epoch": 2})
+        ckpt.save_checkpoint(path, {"w": torch.zeros(2)}, {"epoch": 2}, kind="pretrain")
     tensors, meta = ckpt.load_checkpoint(path)
     assert meta["epoch"] == 1 and torch.equal(tensors["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary left behind
@@ -54,7 +55,7 @@ def test_foreign_and_damaged_files_are_refused(tmp_path):
 def test_checkpoint_gets_the_mode_open_gives_under_the_umask(tmp_path, umask):
     previous = os.umask(umask)
     try:
-        path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(2)}, {"epoch": 1})
+        path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(2)}, {"epoch": 1}, kind="pretrain")
         (tmp_path / "plain.txt").write_text("x")  # a file made by open() under the same umask
     finally:
         os.umask(previous)
@@ -72,13 +73,14 @@ def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch, error):
     monkeypatch.setattr(ckpt, "save_file", full)
     path = tmp_path / "c.safetensors"
     with pytest.raises(ckpt.CheckpointWriteError) as caught:
-        ckpt.save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1})
+        ckpt.save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1}, kind="pretrain")
     assert str(caught.value) == f"cannot write checkpoint {path}: No space left on device; no checkpoint was written"
     assert caught.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
 
 
 def test_shapes_and_metadata_without_the_tensors(tmp_path):
-    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"a.w": torch.ones(3, 2), "b": torch.ones(4)}, {"epoch": 2})
+    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"a.w": torch.ones(3, 2), "b": torch.ones(4)}, {"epoch": 2},
+                                kind="pretrain")
     shapes, meta = ckpt.read_shapes(path, prefix="a.")
     assert shapes == {"a.w": (3, 2)} and meta["epoch"] == 2
 
