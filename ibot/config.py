@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-
 from ibot.options import (  # noqa: F401 (set_option, parse_override: re-exported)
     Limit,
     apply,
