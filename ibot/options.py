@@ -156,10 +156,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def apply(cfg: Config, yaml_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The YAML file, then ``name=value`` overrides, applied to ``cfg`` in place; returns it."""
+def apply(cfg: Config, yaml_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+          ignore: tuple[str, ...] = ("preset",)) -> Config:
+    """The YAML file (but its keys ``ignore``), then ``name=value`` overrides, applied to ``cfg`` in
+    place; returns it."""
     if yaml_path is not None:
-        load_yaml(cfg, yaml_path)
+        load_yaml(cfg, yaml_path, ignore)
     for text in overrides:
         set_option(cfg, *parse_override(text))
     return cfg

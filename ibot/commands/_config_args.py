@@ -95,10 +95,11 @@ def add_config_arguments(p: argparse.ArgumentParser, yaml_example: str, override
 def resolve_from_args(cfg: Any, args: argparse.Namespace, names: list[str]) -> list[str]:
     """``cfg`` with ``--config``'s YAML file, then the overrides, then the options of ``names``
     given on the command line; returns the options that these set."""
-    apply(cfg, args.config, args.overrides)
+    ignore = ("preset",) if hasattr(args, "preset") else ()  # a YAML file's preset is read before
+    apply(cfg, args.config, args.overrides, ignore)
     chosen = [key for key, _ in map(parse_override, args.overrides)]
     if args.config:
-        chosen = [*flatten(read_yaml(args.config)), *chosen]
+        chosen = [*(key for key in flatten(read_yaml(args.config)) if key not in ignore), *chosen]
     return [*chosen, *set_given(cfg, args, names)]
 
 

@@ -6,13 +6,17 @@ import argparse
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ibot.commands import _eval_args as common
 from ibot.commands import add_output_dir, command, resolve_resume
 from ibot.commands._config_args import add_config_arguments, add_dataclass_arguments, config_yaml, resolve_from_args
 
+if TYPE_CHECKING:
+    from ibot.eval.finetune_config import FinetuneConfig
 
-def _defaults():
+
+def _defaults() -> FinetuneConfig:
     """Fine-tuning's defaults here: the official recipe, with no more loader processes than cores."""
     from ibot.eval.finetune_config import FinetuneConfig
 
@@ -34,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue a fine-tuning run; 'auto' uses OUTPUT_DIR/checkpoint.safetensors if present")
 
 
-def resolve_finetune_config(args: argparse.Namespace):
+def resolve_finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, list[str]]:
     """The fine-tuning config: defaults, ``--config``'s YAML file, overrides, then the options
     given; ``(config, names of the options set)``."""
     from ibot.eval.finetune_config import FinetuneConfig
@@ -57,12 +61,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     resume = resolve_resume(args.resume, out)
     cfg, chosen = resolve_finetune_config(args)
+    args.batch_size = cfg.batch_size  # named by the out-of-memory hint
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ValueError("--epochs must be at least 1 and --batch-size at least 2")
     loaded = common.load_model(args, drop_path_rate=cfg.drop_path)
     args.image_size = cfg.image_size if "image_size" in chosen else None  # else the checkpoint's
     cfg.image_size = common.image_size(args, loaded)
-    args.batch_size = cfg.batch_size  # named by the out-of-memory hint
     if args.print_config:
         print(config_yaml(cfg), end="")
         return 0

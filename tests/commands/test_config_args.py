@@ -103,6 +103,13 @@ def test_finetune_names_a_misspelt_override_with_a_suggestion(tmp_path, capsys):
     assert err == "ibot: error: unknown option 'layer_decy'. Did you mean 'layer_decay'?"
 
 
+def test_a_finetune_yaml_file_with_an_unknown_key_is_refused(tmp_path, capsys):
+    config = tmp_path / "ft.yaml"
+    config.write_text("preset: vit_small_16\n")  # fine-tuning has no presets: nothing is dropped silently
+    assert main(["finetune", "-c", str(tmp_path / "c.safetensors"), "--config", str(config)]) == 2
+    assert "unknown option 'preset'" in capsys.readouterr().err
+
+
 def test_finetune_reads_a_yaml_file_overrides_and_options_in_that_order(tmp_path_factory, tmp_path, capsys):
     checkpoint, _ = session_tiny_run(tmp_path_factory)
     config = tmp_path / "ft.yaml"
