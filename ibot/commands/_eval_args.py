@@ -25,7 +25,8 @@ class ModelOptions:
         help="our .safetensors pre-training checkpoint, or an official .pth file (then give --arch)"))
     key: str = field(default="teacher", metadata=dict(choices=("teacher", "student"),
                                                       help="which network of the checkpoint"))
-    arch: str | None = None  # architecture of an official checkpoint (vit_small, vit_base, vit_large, swin_tiny); ours record it
+    arch: str | None = field(default=None, metadata=dict(
+        help="architecture of an official checkpoint (vit_small, vit_base, vit_large, swin_tiny); ours record it"))
     patch_size: int | None = None  # patch size of an official checkpoint (default: read from its weights)
 
 
