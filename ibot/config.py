@@ -11,13 +11,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union
 
-import yaml
+from ibot.options import (  # noqa: F401 (set_option, parse_override: re-exported)
+    Limit,
+    apply,
+    check_limits,
+    flatten,
+    from_dict,
+    get_option,
+    load_yaml,
+    parse_override,
+    read_yaml,
+    set_option,
+)
 
 Ratio = Union[float, list[float]]
 CENTERINGS = ("mean", "sinkhorn")  # of the teacher's outputs: the official centre, DINOv2's Sinkhorn-Knopp
@@ -276,127 +286,19 @@ def get_preset(name: str) -> PretrainConfig:
     return PRESETS[name]()
 
 
-# --------------------------------------------------------------------------------------------
-# Overrides
-# --------------------------------------------------------------------------------------------
-def _coerce(value: Any, annotation: Any, name: str) -> Any:
-    """Convert a YAML/CLI value to the field's declared type."""
-    origin = get_origin(annotation)
-    args = get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin is Union or (origin is not None and type(None) in args) or str(origin) == "types.UnionType":
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, option, name)
-            except (TypeError, ValueError) as exc:
-                errors.append(str(exc))
-        raise ValueError(f"option '{name}': cannot read {value!r} ({'; '.join(errors)})")
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"option '{name}' expects a list, got {value!r}")
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, name) for v in value]
-        if origin is tuple:
-            if len(args) == 2 and args[1] is not Ellipsis and len(items) != 2:
-                raise ValueError(f"option '{name}' expects 2 values, got {value!r}")
-            return tuple(items)
-        return items
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ValueError(f"option '{name}' expects true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"option '{name}' expects an integer, got {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"option '{name}' expects an integer, got {value!r}") from None
-    if annotation is float:
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"option '{name}' expects a number, got {value!r}") from None
-    if annotation is str:
-        return str(value)
-    raise TypeError(f"option '{name}': unsupported type {annotation}")
-
-
-def set_option(cfg: PretrainConfig, dotted: str, value: Any) -> None:
-    """Set ``section.field`` on ``cfg``; raises a one-line error naming a misspelt key."""
-    section_name, _, key = dotted.partition(".")
-    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    if section_name not in sections or not key:
-        all_keys = [f"{s}.{f.name}" for s, sec in sections.items() for f in dataclasses.fields(sec)]
-        hint = difflib.get_close_matches(dotted, all_keys, n=1)
-        extra = f" Did you mean '{hint[0]}'?" if hint else ""
-        raise ValueError(f"unknown option '{dotted}'.{extra}")
-    section = sections[section_name]
-    hints = get_type_hints(type(section))
-    if key not in hints:
-        hint = difflib.get_close_matches(key, list(hints), n=1)
-        extra = f" Did you mean '{section_name}.{hint[0]}'?" if hint else ""
-        raise ValueError(f"unknown option '{dotted}'.{extra}")
-    setattr(section, key, _coerce(value, hints[key], dotted))
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def load_yaml(cfg: PretrainConfig, path: str | Path) -> None:
-    """Apply a YAML file of nested sections (``optim: {lr: 1e-3}``); ``preset:`` is ignored here."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    tree = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(tree, dict):
-        raise ValueError(f"config file {path} must hold a mapping of sections")
-    tree.pop("preset", None)
-    for dotted, value in _flatten(tree).items():
-        set_option(cfg, dotted, value)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ValueError(f"override '{text}' must look like section.field=value")
-    key, _, raw = text.partition("=")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
-
-
 def resolve_config(preset: str | None = None, yaml_path: str | Path | None = None,
                    overrides: list[str] | tuple[str, ...] = (), base: PretrainConfig | None = None) -> PretrainConfig:
     """Preset (or a YAML file's ``preset:``; or a copy of ``base``, e.g. a resumed run's config),
     then the YAML file, then ``key=value`` overrides; validated."""
     if preset is None and yaml_path is not None and base is None:
-        tree = yaml.safe_load(Path(yaml_path).read_text()) if Path(yaml_path).is_file() else {}
-        preset = (tree or {}).get("preset")
+        preset = read_yaml(yaml_path).get("preset")
     if base is not None:
         cfg = copy.deepcopy(base)
     else:
         cfg = get_preset(preset) if preset else PretrainConfig()
     if yaml_path is not None:
         load_yaml(cfg, yaml_path)
-    for text in overrides:
-        set_option(cfg, *parse_override(text))
+    apply(cfg, overrides=overrides)
     validate(cfg)
     return cfg
 
@@ -408,7 +310,7 @@ RUN_DEFINING = ("model.", "data.data", "data.global_crops_", "data.local_crops_"
 
 def config_changes(before: PretrainConfig, after: PretrainConfig) -> list[tuple[str, Any, Any]]:
     """``(option, value before, value after)`` for every option that differs."""
-    old, new = _flatten(before.to_dict()), _flatten(after.to_dict())
+    old, new = flatten(before.to_dict()), flatten(after.to_dict())
     return [(key, old[key], new[key]) for key in new if old[key] != new[key]]
 
 
@@ -419,32 +321,7 @@ def is_run_defining(option: str) -> bool:
 
 def config_from_dict(tree: dict[str, Any]) -> PretrainConfig:
     """Rebuild a config saved with ``to_dict`` (checkpoint metadata, ``config.yaml``)."""
-    cfg = PretrainConfig()
-    for dotted, value in _flatten(copy.deepcopy(tree)).items():
-        set_option(cfg, dotted, value)
-    return cfg
-
-
-@dataclass(frozen=True)
-class Limit:
-    """The values a numeric option may take: finite, above ``low`` (or at it unless ``low_open``)
-    and below ``high`` (or at it unless ``high_open``)."""
-
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-
-    def holds(self, value: float) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return math.isfinite(value) and above and below
-
-    def __str__(self) -> str:
-        if self.high == math.inf:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
+    return from_dict(PretrainConfig(), tree)
 
 
 POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = Limit(0, low_open=True), Limit(0), Limit(1)
@@ -477,29 +354,13 @@ OPTION_LIMITS: dict[str, Limit] = {
 ORDERED_PAIRS = ("data.global_crops_scale", "data.local_crops_scale", "data.blur_sigma", "mask.pred_aspect_ratio")
 
 
-def option_value(cfg: PretrainConfig, dotted: str) -> Any:
-    section, _, key = dotted.partition(".")
-    return getattr(getattr(cfg, section), key)
+option_value = get_option
 
 
 def check_ranges(cfg: PretrainConfig, sections: tuple[str, ...] | None = None) -> None:
     """One-line error for the first numeric option (of ``sections``; None: all) outside its
     ``OPTION_LIMITS`` or a pair out of order, naming the option."""
-    for dotted, limit in OPTION_LIMITS.items():
-        if sections is not None and dotted.partition(".")[0] not in sections:
-            continue
-        value = option_value(cfg, dotted)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if any(v is not None and not limit.holds(v) for v in values):
-            finite = "finite and " if any(isinstance(v, float) for v in values) else ""
-            each = "each value " if isinstance(value, (list, tuple)) else ""
-            raise ValueError(f"{dotted}={_show(value)} is out of range: {each}must be {finite}{limit}")
-        if dotted in ORDERED_PAIRS and value[0] > value[1]:
-            raise ValueError(f"{dotted}={_show(value)}: the first value (low) must not exceed the second (high)")
-
-
-def _show(value: Any) -> str:
-    return f"[{', '.join(map(str, value))}]" if isinstance(value, (list, tuple)) else str(value)
+    check_limits(cfg, OPTION_LIMITS, ORDERED_PAIRS, sections)
 
 
 def validate(cfg: PretrainConfig) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,42 +13,60 @@ if TYPE_CHECKING:
     from ibot.data.datasets import Holdout
 
 from ibot.commands import add_output_dir
+from ibot.commands._config_args import add_dataclass_arguments
+
+
+@dataclass
+class ModelOptions:
+    """Which network of which checkpoint an evaluation reads."""
+
+    checkpoint: str | None = field(default=None, metadata=dict(
+        flags=("-c",), required=True, metavar="PATH",
+        help="our .safetensors pre-training checkpoint, or an official .pth file (then give --arch)"))
+    key: str = field(default="teacher", metadata=dict(choices=("teacher", "student"),
+                                                      help="which network of the checkpoint"))
+    arch: str | None = field(default=None, metadata=dict(
+        help="architecture of an official checkpoint (vit_small, vit_base, vit_large, swin_tiny); ours record it"))
+    patch_size: int | None = None  # patch size of an official checkpoint (default: read from its weights)
+
+
+@dataclass
+class DataOptions:
+    """The images an evaluation reads and how: the data group of every evaluation command."""
+
+    data: str | None = field(default=None, metadata=dict(
+        help="fashion-mnist, cifar10:PATH, cifar100:PATH, stl10:PATH or an ImageFolder path "
+             "(default: the checkpoint's pre-training data, else fashion-mnist)"))
+    image_size: int | None = None  # evaluation image size (default: the pre-training crop size, 224 for official checkpoints)
+    crop_pct: float | None = None  # resize to image-size / crop-pct, then center-crop (default: 0.875, or 1 under 64 px)
+    holdout: float | None = field(default=None, metadata=dict(
+        metavar="FRACTION", help="evaluate on this share of the train split (drawn with --holdout-seed), the rest "
+                                 "being the train side; for data with no val/ or test/ folder (a tree of class folders)"))
+    holdout_seed: int | None = field(default=None, metadata=dict(
+        metavar="SEED", help="seed of the --holdout draw (default: 0)"))
+    batch_size: int = 256  # images per forward pass
+    num_workers: int = 2  # data-loading processes
+    device: str = "auto"  # auto, cpu or cuda
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--checkpoint", "-c", required=True, metavar="PATH",
-                   help="our .safetensors pre-training checkpoint, or an official .pth file (then give --arch)")
-    g.add_argument("--key", default="teacher", choices=("teacher", "student"), help="which network of the checkpoint")
-    g.add_argument("--arch", help="architecture of an official checkpoint (vit_small, vit_base, vit_large, swin_tiny); "
-                                  "ours record it")
-    g.add_argument("--patch-size", type=int, help="patch size of an official checkpoint (default: read from its weights)")
+    add_dataclass_arguments(p.add_argument_group("model"), ModelOptions)
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", help="fashion-mnist, cifar10:PATH, cifar100:PATH, stl10:PATH or an ImageFolder path "
-                                  "(default: the checkpoint's pre-training data, else fashion-mnist)")
-    g.add_argument("--image-size", type=int, help="evaluation image size (default: the pre-training crop size, "
-                                                  "224 for official checkpoints)")
-    g.add_argument("--crop-pct", type=float, help="resize to image-size / crop-pct, then center-crop "
-                                                  "(default: 0.875, or 1 under 64 px)")
-    add_holdout_arguments(g)
-    g.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    g.add_argument("--num-workers", type=int, default=2, help="data-loading processes")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    o = p.add_argument_group("output")
-    add_output_dir(o, "where the results JSON goes (default: CHECKPOINT_FOLDER/eval)")
-    o.add_argument("--cache-dir", help="where extracted features are cached (default: OUTPUT_DIR/features)")
-    o.add_argument("--no-cache", action="store_true", help="extract features again and keep nothing on disk")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def add_holdout_arguments(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--holdout", type=float, metavar="FRACTION",
-                   help="evaluate on this share of the train split (drawn with --holdout-seed), the rest being the "
-                        "train side; for data with no val/ or test/ folder (a tree of class folders)")
-    g.add_argument("--holdout-seed", type=int, metavar="SEED", help="seed of the --holdout draw (default: 0)")
+def add_data_arguments(p: argparse.ArgumentParser, config: Any = None, features: bool = True) -> list[str]:
+    """The data group (:class:`DataOptions`); with ``config``, a dataclass config that holds some of
+    its options (fine-tuning's batch size, ...), those default to None and show ``config``'s
+    defaults (see :func:`ibot.commands._config_args.set_given`). ``features``: also the output
+    group of the feature-based evaluations. Returns the data group's option names."""
+    names = add_dataclass_arguments(p.add_argument_group("data"), DataOptions, defaults=config,
+                                    given_only=config is not None)
+    if features:
+        o = p.add_argument_group("output")
+        add_output_dir(o, "where the results JSON goes (default: CHECKPOINT_FOLDER/eval)")
+        o.add_argument("--cache-dir", help="where extracted features are cached (default: OUTPUT_DIR/features)")
+        o.add_argument("--no-cache", action="store_true", help="extract features again and keep nothing on disk")
+        o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return names
 
 
 def holdout(args: argparse.Namespace) -> Holdout | None:

@@ -6,51 +6,48 @@ import argparse
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ibot.commands import _eval_args as common
 from ibot.commands import add_output_dir, command, resolve_resume
+from ibot.commands._config_args import add_config_arguments, add_dataclass_arguments, config_yaml, resolve_from_args
+
+if TYPE_CHECKING:
+    from ibot.eval.finetune_config import FinetuneConfig
+
+
+def _defaults() -> FinetuneConfig:
+    """Fine-tuning's defaults here: the official recipe, with no more loader processes than cores."""
+    from ibot.eval.finetune_config import FinetuneConfig
+
+    return FinetuneConfig(num_workers=min(FinetuneConfig.num_workers, os.cpu_count() or 1))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ibot.eval.finetune_config import FinetuneConfig
 
-    d = FinetuneConfig()
+    d = _defaults()
+    add_config_arguments(p, "lr: 1e-3", "epochs=100 layer_decay=0.65", option="field")
     common.add_model_arguments(p)
-    g = p.add_argument_group("data")
-    g.add_argument("--data", help="fashion-mnist, cifar10:PATH, ..., or an ImageFolder path "
-                                  "(default: the checkpoint's pre-training data, else fashion-mnist)")
-    g.add_argument("--image-size", type=int, help="training and evaluation size (default: the pre-training crop "
-                                                  "size, 224 for official checkpoints)")
-    g.add_argument("--crop-pct", type=float, help="evaluation resize/center-crop ratio (default: 0.875, 1 under 64 px)")
-    common.add_holdout_arguments(g)
-    g.add_argument("--num-workers", type=int, default=min(d.num_workers, os.cpu_count() or 1),
-                   help="data-loading processes")
-    g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    o = p.add_argument_group("optimisation (BEiT / official iBOT defaults)")
-    o.add_argument("--epochs", type=int, default=d.epochs, help="official: 200 (ViT-S), 100 (ViT-B), 50 (ViT-L)")
-    o.add_argument("--batch-size", type=int, default=d.batch_size)
-    o.add_argument("--lr", type=float, default=d.lr, help="peak learning rate for a batch of 256")
-    o.add_argument("--min-lr", type=float, default=d.min_lr)
-    o.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
-    o.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    o.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default: 0.65 for ViT-B, else 0.75)")
-    o.add_argument("--drop-path", type=float, default=d.drop_path, help="stochastic depth of the last block")
-    o.add_argument("--clip-grad", type=float, default=d.clip_grad, help="global gradient-norm clip; 0: none")
-    o.add_argument("--seed", type=int, default=d.seed)
-    a = p.add_argument_group("regularisation (timm)")
-    a.add_argument("--mixup", type=float, default=d.mixup, help="mixup alpha; 0 disables")
-    a.add_argument("--cutmix", type=float, default=d.cutmix, help="cutmix alpha; 0 disables")
-    a.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    a.add_argument("--auto-augment", default=d.auto_augment, help="timm RandAugment policy; 'none' disables")
-    a.add_argument("--reprob", type=float, default=d.reprob, help="random erasing probability")
-    a.add_argument("--min-crop-scale", type=float, default=d.min_crop_scale, help="random resized crop scale (min, 1)")
-    a.add_argument("--ema", action="store_true", help="keep and evaluate an EMA of the weights")
-    a.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    data_names = common.add_data_arguments(p, config=d, features=False)
+    o = p.add_argument_group("fine-tuning (BEiT / official iBOT defaults; timm's regularisation)")
+    add_dataclass_arguments(o, FinetuneConfig, defaults=d, given_only=True, exclude=tuple(data_names))
     r = p.add_argument_group("output")
     add_output_dir(r, "checkpoint, log.jsonl and finetune.json (default: CHECKPOINT_FOLDER/finetune)")
     r.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a fine-tuning run; 'auto' uses OUTPUT_DIR/checkpoint.safetensors if present")
-    r.add_argument("--no-progress", action="store_true")
+
+
+def resolve_finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, list[str]]:
+    """The fine-tuning config: defaults, ``--config``'s YAML file, overrides, then the options
+    given; ``(config, names of the options set)``."""
+    from ibot.eval.finetune_config import FinetuneConfig
+
+    cfg = _defaults()
+    chosen = resolve_from_args(cfg, args, [f.name for f in dataclasses.fields(FinetuneConfig)])
+    if cfg.auto_augment is not None and cfg.auto_augment.lower() in ("none", ""):
+        cfg.auto_augment = None
+    return cfg, chosen
 
 
 @command("finetune", "end-to-end fine-tuning (layer decay, mixup/cutmix, RandAugment, EMA)")(add_arguments)
@@ -58,23 +55,21 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ibot.eval.finetune import Finetuner
-    from ibot.eval.finetune_config import FinetuneConfig
 
     if args.output_dir is None:
         args.output_dir = str(Path(args.checkpoint).resolve().parent / "finetune")
     out = Path(args.output_dir)
     resume = resolve_resume(args.resume, out)
-    if args.epochs < 1 or args.batch_size < 2:
+    cfg, chosen = resolve_finetune_config(args)
+    args.batch_size = cfg.batch_size  # named by the out-of-memory hint
+    if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ValueError("--epochs must be at least 1 and --batch-size at least 2")
-    loaded = common.load_model(args, drop_path_rate=args.drop_path)
-    cfg = FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-        warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
-        drop_path=args.drop_path, mixup=args.mixup, cutmix=args.cutmix, label_smoothing=args.label_smoothing,
-        auto_augment=None if str(args.auto_augment).lower() in ("none", "") else args.auto_augment,
-        reprob=args.reprob, min_crop_scale=args.min_crop_scale, clip_grad=args.clip_grad, ema=args.ema,
-        ema_decay=args.ema_decay, image_size=common.image_size(args, loaded), crop_pct=args.crop_pct,
-        num_workers=args.num_workers, seed=args.seed, device=args.device, progress=not args.no_progress)
+    loaded = common.load_model(args, drop_path_rate=cfg.drop_path)
+    args.image_size = cfg.image_size if "image_size" in chosen else None  # else the checkpoint's
+    cfg.image_size = common.image_size(args, loaded)
+    if args.print_config:
+        print(config_yaml(cfg), end="")
+        return 0
     data = common.data_spec(args, loaded)
     held = common.holdout(args)
     info = {"checkpoint": str(args.checkpoint), "key": args.key, "arch": loaded.arch,

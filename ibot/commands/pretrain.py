@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ibot.commands import command, resolve_resume
+from ibot.commands._config_args import add_config_arguments, config_yaml
 
 if TYPE_CHECKING:
     from ibot.config import PretrainConfig
@@ -19,13 +20,9 @@ if TYPE_CHECKING:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ibot.config import PRESETS
 
-    g = p.add_argument_group("configuration (preset, then YAML file, then overrides)")
-    g.add_argument("--preset", default=None, help=f"official recipe or small preset: {', '.join(PRESETS)} "
-                                                  "(default: cpu, or the YAML file's 'preset:')")
-    g.add_argument("--config", default=None, metavar="YAML", help="YAML file of sections, e.g. 'optim: {lr: 1e-3}'")
-    g.add_argument("overrides", nargs="*", metavar="section.field=value",
-                   help="overrides, e.g. optim.epochs=100 mask.pred_shape=rand")
-    g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_config_arguments(p, "optim: {lr: 1e-3}", "optim.epochs=100 mask.pred_shape=rand",
+                         presets=f"official recipe or small preset: {', '.join(PRESETS)} "
+                                 "(default: cpu, or the YAML file's 'preset:')")
     s = p.add_argument_group("shortcuts for common overrides")
     s.add_argument("--data", help="fashion-mnist, cifar10:PATH, cifar100:PATH, stl10:PATH or an ImageFolder path")
     s.add_argument("--output-dir", help="where checkpoints, config.yaml and log.jsonl go; a folder that holds "
@@ -161,15 +158,13 @@ def resolve_run(args: argparse.Namespace) -> RunStart:
 
 @command("pretrain", "iBOT pre-training (single process, or several through torchrun)")(add_arguments)
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
     from ibot.formats.ours import CheckpointWriteError
     from ibot.train.run_dir import prepare_output_dir
 
     start = resolve_run(args)
     cfg = start.cfg
     if args.print_config:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        print(config_yaml(cfg))
         return 0
     from ibot.data.datasets import val_split_problem
     from ibot.train.trainer import Pretrainer, check_checkpoint_shapes
