@@ -45,9 +45,10 @@ def network_state(path: str | Path, key: str = "teacher") -> tuple[State, State]
 
 def backbone_kwargs_from_config(config: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
     """``(arch, patch_size, build kwargs)`` of the backbone a pre-training config describes."""
-    from ibot.config import backbone_kwargs, config_from_dict
+    from ibot.config import backbone_kwargs, check_ranges, config_from_dict
 
     cfg = config_from_dict(config)
+    check_ranges(cfg, sections=("model",))  # before any size is used (crafted metadata)
     kwargs = backbone_kwargs(cfg)
     return cfg.model.arch, kwargs.pop("patch_size"), kwargs
 

@@ -83,3 +83,7 @@ def test_metadata_that_does_not_describe_the_tensors_is_refused_before_building(
                                  f"its weights")
     line = one_line_error(["knn", "-c", str(crafted), "--batch-size", "8"], capsys)
     assert "width 1000000" in line and "width 32" in line and "out of memory" not in line
+    meta["config"]["model"]["patch_size"] = 0
+    ckpt.save_checkpoint(crafted, tensors, meta, kind="pretrain")
+    with pytest.raises(ValueError, match="^model.patch_size=0 is out of range: must be >= 1$"):
+        load_backbone(crafted)
