@@ -126,7 +126,7 @@ def test_a_head_that_is_not_shared_is_not_loaded_as_shared(tmp_path, fixtures_di
     assert head_from_file(tmp_path / "unshared.pth", **{**official_head, "shared_head": False}).last_layer2 is not None
 
 
-def test_top_level_load_backbone_with_the_issue_signature(fixtures_dir, official_arch, official_vit):
+def test_top_level_load_backbone_with_the_documented_signature(fixtures_dir, official_arch, official_vit):
     import ibot
 
     reference = torch.load(fixtures_dir / "vit_reference_outputs.pt", weights_only=True)
