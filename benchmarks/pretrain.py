@@ -54,7 +54,7 @@ import torch
 
 from ibot.config import PretrainConfig, resolve_config
 from ibot.data.masking import MaskGenerator
-from ibot.data.pretrain import PretrainBatch
+from ibot.data.pretrain import PretrainBatch, masked_token_index
 from ibot.models import use_explicit_attention
 
 SETTINGS = {"cpu": "cpu", "vit_small": "vit_small_16"}
@@ -90,7 +90,7 @@ def synthetic_batches(cfg: PretrainConfig, count: int, epoch: int, pin: bool = F
                                       generator=gen)
         rng = np.random.default_rng([seed, step])
         masks = torch.from_numpy(np.stack([masker(grid, epoch, rng) for _ in range(d.global_crops_number * b)]))
-        batch = PretrainBatch(global_crops, local_crops, masks)
+        batch = PretrainBatch(global_crops, local_crops, masks, *masked_token_index(masks))
         batches.append(batch.pin_memory() if pin else batch)
     return batches
 

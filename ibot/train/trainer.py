@@ -27,7 +27,6 @@ from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretr
 from ibot.data.transforms import MultiCropAugmentation
 from ibot.loss import IBOTLoss, koleo_loss
 from ibot.models import IBOTHead, MultiCropWrapper, build_backbone, use_explicit_attention
-from ibot.models.multicrop import pad_mask_index
 from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
 from ibot.formats import ours as ckpt
 from ibot.train.distributed import DistInfo, barrier, init_distributed, union_over_processes
@@ -75,9 +74,8 @@ def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiC
     head = dict(out_dim=m.out_dim, patch_out_dim=m.patch_out_dim, hidden_dim=m.head_hidden_dim,
                 bottleneck_dim=m.head_bottleneck_dim, nlayers=m.head_nlayers)
     student = MultiCropWrapper(student_bb, IBOTHead(student_bb.embed_dim, norm_last_layer=m.norm_last_layer,
-                                                    shared_head=m.shared_head, **head), masked_patches_only=True)
-    teacher = MultiCropWrapper(teacher_bb, IBOTHead(teacher_bb.embed_dim, shared_head=m.shared_head_teacher, **head),
-                               masked_patches_only=True)
+                                                    shared_head=m.shared_head, **head))
+    teacher = MultiCropWrapper(teacher_bb, IBOTHead(teacher_bb.embed_dim, shared_head=m.shared_head_teacher, **head))
     missing, unexpected = teacher.load_state_dict(student.state_dict(), strict=False)
     if missing or [k for k in unexpected if "masked_embed" not in k]:
         raise RuntimeError(f"teacher/student mismatch: missing {missing}, unexpected {unexpected}")
@@ -255,9 +253,8 @@ class Pretrainer:
                 group["weight_decay"] = self.wd_schedule[it]
         global_crops = batch.global_crops.to(self.device, non_blocking=True)
         masks = batch.masks.to(self.device, non_blocking=True)
-        mask_index = batch.masks.flatten(1).nonzero()  # found on the host: no GPU sync
-        m = mask_index.shape[0]
-        rows = pad_mask_index(mask_index).to(self.device, non_blocking=True)  # a recurring count for the networks
+        rows = batch.mask_index.to(self.device, non_blocking=True)  # padded to a recurring count (collate)
+        m = batch.num_masked
         local_crops = batch.local_crops.to(self.device, non_blocking=True) if batch.local_crops is not None else None
         if batch.global_params is not None:  # uint8 crops: the colour half of the augmentation, batched here
             mean, std = self.dataset.augmentation.mean, self.dataset.augmentation.std
@@ -269,9 +266,8 @@ class Pretrainer:
             with torch.no_grad():  # patch targets at the masked tokens only, plus their mean for the centre
                 teacher = self.teacher_step(global_crops, mask_index=rows)
             student = self.student_step(global_crops, masks, local_crops, mask_index=rows)
-            # packed patch rows past m are padding (dense ones, of a plain wrapper, are read at the masks)
-            student_patch, teacher_patch = (p[:m] if p.dim() == 2 else p for p in (student.patch, teacher.patch))
-            losses = self.ibot_loss((student.cls, student_patch), (teacher.cls, teacher_patch, teacher.patch_mean),
+            # packed patch rows past m are padding
+            losses = self.ibot_loss((student.cls, student.patch[:m]), (teacher.cls, teacher.patch[:m], teacher.patch_mean),
                                     student.local_cls, masks, epoch, rows[:m])
             koleo_weight = self.cfg.loss.koleo_weight
             if koleo_weight > 0:  # per global crop, as DINOv2 does
