@@ -23,9 +23,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ibot.config import CENTERINGS
-
 __all__ = ["CENTERINGS", "IBOTLoss", "koleo_loss", "sinkhorn_knopp", "teacher_temp_schedule"]
+
+CENTERINGS = ("mean", "sinkhorn")  # of the teacher's outputs: the official centre, DINOv2's Sinkhorn-Knopp
 
 
 def teacher_temp_schedule(

@@ -62,7 +62,7 @@ def pretrain_knn_report(trainer, ks: Sequence[int] = (10, 20)) -> dict:
     """k-NN accuracy of the trained teacher backbone and of the same network at random
     initialisation, on the pre-training dataset's train / val splits (the quick check that
     pre-training learned something; ``ibot knn`` is the full evaluation)."""
-    from ibot.train.trainer import build_student_teacher
+    from ibot.build import build_student_teacher
 
     cfg = trainer.cfg
     torch.manual_seed(cfg.run.seed)

@@ -19,14 +19,13 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ibot.config import PretrainConfig, augmentation_kwargs, backbone_kwargs
+from ibot.build import backbone_kwargs, build_augmentation, build_loss, build_mask_generator, build_student_teacher
+from ibot.config import PretrainConfig
 from ibot.data.batched_color import apply_color
 from ibot.data.datasets import build_dataset
-from ibot.data.masking import MaskGenerator
 from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretrain
-from ibot.data.transforms import MultiCropAugmentation
-from ibot.loss import IBOTLoss, koleo_loss
-from ibot.models import IBOTHead, MultiCropWrapper, build_backbone, use_explicit_attention
+from ibot.loss import koleo_loss
+from ibot.models import use_explicit_attention
 from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
 from ibot.formats import ours as ckpt
 from ibot.train.distributed import DistInfo, barrier, init_distributed, union_over_processes
@@ -63,25 +62,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
-    """Student (drop path, mask token) and teacher (same weights, no mask token) networks."""
-    m = cfg.model
-    common = backbone_kwargs(cfg)
-    student_bb = build_backbone(m.arch, drop_path_rate=m.drop_path_rate, masked_im_modeling=True, **common)
-    teacher_bb = build_backbone(m.arch, drop_path_rate=0.0, masked_im_modeling=False, **common)
-    head = dict(out_dim=m.out_dim, patch_out_dim=m.patch_out_dim, hidden_dim=m.head_hidden_dim,
-                bottleneck_dim=m.head_bottleneck_dim, nlayers=m.head_nlayers)
-    student = MultiCropWrapper(student_bb, IBOTHead(student_bb.embed_dim, norm_last_layer=m.norm_last_layer,
-                                                    shared_head=m.shared_head, **head))
-    teacher = MultiCropWrapper(teacher_bb, IBOTHead(teacher_bb.embed_dim, shared_head=m.shared_head_teacher, **head))
-    missing, unexpected = teacher.load_state_dict(student.state_dict(), strict=False)
-    if missing or [k for k in unexpected if "masked_embed" not in k]:
-        raise RuntimeError(f"teacher/student mismatch: missing {missing}, unexpected {unexpected}")
-    for param in teacher.parameters():
-        param.requires_grad_(False)
-    return student, teacher
 
 
 # IBOTHead argument -> model.* option
@@ -150,9 +130,7 @@ class Pretrainer:
     # ------------------------------------------------------------------------------ set-up
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
-        augmentation = MultiCropAugmentation(**augmentation_kwargs(d), batched_color=d.batched_color)
-        masks = MaskGenerator(cfg.mask.pred_ratio, cfg.mask.pred_ratio_var, tuple(cfg.mask.pred_aspect_ratio),
-                              cfg.mask.pred_shape, cfg.mask.pred_start_epoch)
+        augmentation, masks = build_augmentation(d), build_mask_generator(cfg.mask)
         base = build_dataset(d.data, split="train")
         self.dataset = PretrainDataset(base, augmentation, masks, self.student.backbone.mask_stride, cfg.run.seed)
         self.global_batch = cfg.optim.batch_size_per_device * self.dist.world_size
@@ -171,13 +149,7 @@ class Pretrainer:
 
     def _build_objective(self) -> None:
         cfg, o, n = self.cfg, self.cfg.optim, self.steps_per_epoch
-        self.ibot_loss = IBOTLoss(
-            cfg.model.out_dim, cfg.model.patch_out_dim, cfg.data.global_crops_number, cfg.data.local_crops_number,
-            cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp, cfg.loss.warmup_teacher_patch_temp,
-            cfg.loss.teacher_patch_temp, cfg.loss.warmup_teacher_temp_epochs, o.epochs,
-            student_temp=cfg.loss.student_temp, center_momentum=cfg.loss.center_momentum,
-            center_momentum2=cfg.loss.center_momentum, lambda1=cfg.loss.lambda1, lambda2=cfg.loss.lambda2,
-            mim_start_epoch=cfg.mask.pred_start_epoch, centering=cfg.loss.centering).to(self.device)
+        self.ibot_loss = build_loss(cfg).to(self.device)
         self.optimizer = build_optimizer(self.student, fused=o.fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         base_lr = o.lr * self.global_batch / 256.0  # linear scaling rule
