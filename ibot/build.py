@@ -1,21 +1,25 @@
 """Where configuration meets constructors: a :class:`PretrainConfig` turned into the objects of a
 pre-training run (backbones, heads, the student / teacher pair, the loss, the mask generator, the
-multi-crop augmentation). The modules below take plain arguments only; every renaming of a config
-field to a constructor argument is here, once.
+multi-crop augmentation), and the check that a checkpoint's tensors fit the networks a config
+builds. The modules below take plain arguments only; every renaming of a config field to a
+constructor argument is here, once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ibot.config import DataConfig, MaskConfig, PretrainConfig
 from ibot.data.masking import MaskGenerator
 from ibot.data.transforms import MultiCropAugmentation
+from ibot.formats import ours as ckpt
 from ibot.loss import IBOTLoss
 from ibot.models import IBOTHead, MultiCropWrapper, build_backbone
+from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
 
 __all__ = ["backbone_kwargs", "build_augmentation", "build_head", "build_loss", "build_mask_generator",
-           "build_student_teacher"]
+           "build_student_teacher", "check_checkpoint_shapes"]
 
 
 def backbone_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
@@ -54,6 +58,34 @@ def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiC
     for param in teacher.parameters():
         param.requires_grad_(False)
     return student, teacher
+
+
+# IBOTHead argument -> model.* option
+HEAD_OPTIONS = {"out_dim": "out_dim", "patch_out_dim": "patch_out_dim", "nlayers": "head_nlayers",
+                "hidden_dim": "head_hidden_dim", "bottleneck_dim": "head_bottleneck_dim"}
+
+
+def check_checkpoint_shapes(cfg: PretrainConfig, shapes: Mapping[str, Sequence[int]], source: str,
+                            config_name: str = "this run's config") -> None:
+    """One-line error naming both architectures when the student / teacher tensors of a checkpoint
+    (their shapes) cannot load into the networks ``cfg`` describes; builds nothing."""
+    m = cfg.model
+    expected = expected_backbone_shape(m.arch, **backbone_kwargs(cfg))
+    for name in ("student", "teacher"):
+        found = backbone_shape_of(ckpt.strip_prefix(f"{name}.backbone.", shapes))
+        if found is not None and found.differences(expected):
+            raise ValueError(f"{source} holds a {found} ({name} backbone), but {config_name} builds "
+                             f"model.arch={m.arch}, a {expected}")
+        head = ckpt.strip_prefix(f"{name}.head.", shapes)
+        if not head:
+            continue
+        got = infer_head_kwargs(head)
+        skip = {"hidden_dim"} if got["nlayers"] == 1 else set()  # no hidden layer to read it from
+        skip |= set() if "last_layer2.weight_v" in head else {"patch_out_dim"}
+        differ = [f"model.{option}={getattr(m, option)} (file: {got[kwarg]})" for kwarg, option in HEAD_OPTIONS.items()
+                  if kwarg not in skip and got[kwarg] != getattr(m, option)]
+        if differ:
+            raise ValueError(f"{source}: its {name} head does not fit {config_name}: {', '.join(differ)}")
 
 
 def build_loss(cfg: PretrainConfig) -> IBOTLoss:

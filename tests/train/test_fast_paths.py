@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ibot.models import use_explicit_attention
+from ibot.train import objective as objective_module
 from ibot.train import trainer as trainer_module
 from ibot.train.trainer import Pretrainer
 from tests.dense_reference import use_dense_forward
@@ -43,7 +44,7 @@ def test_plain_and_fast_paths_give_the_same_losses(tmp_path, image_folder, monke
     steps = ["run.max_steps=4", "model.drop_path_rate=0.0"]
     fast = _losses(Pretrainer(tiny_config(tmp_path / "fast", image_folder, *steps)).fit())
 
-    monkeypatch.setattr(trainer_module, "EMAUpdater", LoopEMA)
+    monkeypatch.setattr(objective_module, "EMAUpdater", LoopEMA)
     monkeypatch.setattr(trainer_module, "clip_gradients_per_param", loop_clip)
     plain_trainer = Pretrainer(tiny_config(tmp_path / "plain", image_folder, *steps, "optim.fused=false"))
     use_explicit_attention(plain_trainer.student, plain_trainer.teacher)  # instead of scaled_dot_product_attention
