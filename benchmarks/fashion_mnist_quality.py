@@ -39,7 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ibot.config import backbone_kwargs, resolve_config  # noqa: E402
+from ibot.build import backbone_kwargs  # noqa: E402
+from ibot.config import resolve_config  # noqa: E402
 from ibot.data.datasets import build_dataset  # noqa: E402
 from ibot.eval.checkpoints import LoadedBackbone, load_backbone, load_head, random_backbone  # noqa: E402
 from ibot.eval.cluster import cluster_scores, kmeans_clusters, prototype_assigner  # noqa: E402

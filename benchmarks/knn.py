@@ -22,7 +22,8 @@ import _common
 import torch
 from torch.utils.data import Subset
 
-from ibot.config import backbone_kwargs, get_preset
+from ibot.build import backbone_kwargs
+from ibot.config import get_preset
 from ibot.data.datasets import build_dataset
 from ibot.eval.features import EvalDataset, evaluation_transform, extract_features
 from ibot.eval.knn import knn_classify

@@ -52,9 +52,9 @@ import _common
 import numpy as np
 import torch
 
+from ibot.build import build_mask_generator
 from ibot.config import PretrainConfig, resolve_config
-from ibot.data.masking import MaskGenerator
-from ibot.data.pretrain import PretrainBatch
+from ibot.data.pretrain import PretrainBatch, masked_token_index
 from ibot.models import use_explicit_attention
 
 SETTINGS = {"cpu": "cpu", "vit_small": "vit_small_16"}
@@ -76,8 +76,7 @@ def synthetic_batches(cfg: PretrainConfig, count: int, epoch: int, pin: bool = F
     """``count`` batches of normal-noise crops with the recipe's masks, the same for any caller;
     in pinned memory with ``pin`` (as a CUDA run's data loaders deliver them)."""
     d, b = cfg.data, cfg.optim.batch_size_per_device
-    masker = MaskGenerator(cfg.mask.pred_ratio, cfg.mask.pred_ratio_var, tuple(cfg.mask.pred_aspect_ratio),
-                           cfg.mask.pred_shape, cfg.mask.pred_start_epoch)
+    masker = build_mask_generator(cfg.mask)
     grid = (d.global_crops_size // cfg.model.patch_size,) * 2
     batches = []
     for step in range(count):
@@ -90,7 +89,7 @@ def synthetic_batches(cfg: PretrainConfig, count: int, epoch: int, pin: bool = F
                                       generator=gen)
         rng = np.random.default_rng([seed, step])
         masks = torch.from_numpy(np.stack([masker(grid, epoch, rng) for _ in range(d.global_crops_number * b)]))
-        batch = PretrainBatch(global_crops, local_crops, masks)
+        batch = PretrainBatch(global_crops, local_crops, masks, *masked_token_index(masks))
         batches.append(batch.pin_memory() if pin else batch)
     return batches
 
@@ -318,7 +317,7 @@ def child(spec: dict[str, Any], log: Path) -> dict[str, Any]:
 
 def initial_weights(spec: dict[str, Any]) -> tuple[str, dict[str, int]]:
     """Our student's initial weights (as the trainer makes them) in a file, and its sizes."""
-    from ibot.train.trainer import build_student_teacher
+    from ibot.build import build_student_teacher
 
     cfg = make_config(spec)
     torch.manual_seed(cfg.run.seed)

@@ -25,7 +25,7 @@ from ibot.formats import official
 from ibot.formats.official import NETWORKS
 from ibot.formats.ours import check_key, is_our_checkpoint, save_checkpoint, strip_prefix
 
-__all__ = ["OFFICIAL_ARGS", "convert_checkpoint", "official_config", "official_to_ours"]
+__all__ = ["OFFICIAL_ARGS", "convert_checkpoint", "official_config", "official_to_ours", "official_training_state"]
 
 # official main_ibot.py argument -> our config option
 OFFICIAL_ARGS = {
@@ -88,6 +88,18 @@ def official_to_ours(path: str | Path, key: str = "teacher") -> tuple[dict[str, 
     args = checkpoint.args or {}
     meta = {"epoch": checkpoint.epoch, "networks": networks, "args": {k: _json_safe(v) for k, v in args.items()}}
     return tensors, meta
+
+
+def official_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """What resuming pre-training takes from an official full ``checkpoint.pth``: both networks and
+    the loss centres under our keys, and the epoch (:func:`official_to_ours`; ``source``: the file,
+    for messages); a file without both networks is refused."""
+    tensors, meta = official_to_ours(path)
+    missing = {"student", "teacher"} - set(meta["networks"])
+    if missing:
+        raise ValueError(f"{path} has no {' or '.join(sorted(missing))} network; resuming needs a full "
+                         f"training checkpoint (checkpoint.pth), not a backbone-only file")
+    return tensors, {**meta, "source": str(path)}
 
 
 def _is_shared(head: dict[str, torch.Tensor]) -> bool:

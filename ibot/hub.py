@@ -45,7 +45,8 @@ def network_state(path: str | Path, key: str = "teacher") -> tuple[State, State]
 
 def backbone_kwargs_from_config(config: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
     """``(arch, patch_size, build kwargs)`` of the backbone a pre-training config describes."""
-    from ibot.config import backbone_kwargs, check_ranges, config_from_dict
+    from ibot.build import backbone_kwargs
+    from ibot.config import check_ranges, config_from_dict
 
     cfg = config_from_dict(config)
     check_ranges(cfg, sections=("model",))  # before any size is used (crafted metadata)

@@ -23,9 +23,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ibot.config import CENTERINGS
-
 __all__ = ["CENTERINGS", "IBOTLoss", "koleo_loss", "sinkhorn_knopp", "teacher_temp_schedule"]
+
+CENTERINGS = ("mean", "sinkhorn")  # of the teacher's outputs: the official centre, DINOv2's Sinkhorn-Knopp
 
 
 def teacher_temp_schedule(
@@ -149,27 +149,26 @@ class IBOTLoss(nn.Module):
     def forward(
         self,
         student_output: tuple[Tensor, Tensor],
-        teacher_output: tuple[Tensor, ...],
+        teacher_output: tuple[Tensor, Tensor, Tensor],
         student_local_cls: Tensor | None,
         student_mask: Sequence[Tensor] | Tensor,
         epoch: int,
-        mask_index: Tensor | None = None,
+        mask_index: Tensor,
     ) -> dict[str, Tensor]:
-        """``student_output = (cls (G*B, K), patch (G*B, N, K2))``, ``teacher_output`` likewise,
-        ``student_local_cls (L*B, K)`` or None, ``student_mask``: G bool tensors (B, h, w) or one
-        (G*B, h, w) tensor with ``h * w == N``, True = masked. ``mask_index`` (M, 2), optional:
-        ``nonzero()`` of the flat mask, computed on the host to spare a GPU the sync.
+        """``student_output = (cls (G*B, K), patch (M, K2))``, ``teacher_output = (cls (G*B, K),
+        patch (M, K2), patch_mean (G*B, K2))``, ``student_local_cls (L*B, K)`` or None,
+        ``student_mask``: G bool tensors (B, h, w) or one (G*B, h, w) tensor, True = masked;
+        ``mask_index`` (M, 2): ``student_mask.flatten(1).nonzero()`` (:class:`ibot.data.PretrainBatch`).
 
-        Patch outputs may also come packed, (M, K2): the masked rows only, in ``mask_index`` order
-        (``MultiCropWrapper(masked_patches_only=True)``); a packed teacher output comes as
-        ``(cls, patch (M, K2), patch_mean (G*B, K2))``, the mean over all tokens feeding the centre
-        (a dense one may carry a third element None)."""
+        Patch outputs come packed: the rows of the M masked tokens only, in ``mask_index`` order
+        (:class:`ibot.models.MultiCropWrapper`); the teacher's ``patch_mean`` is each crop's mean
+        patch output over all N tokens, which feeds the centre."""
         # the loss is computed in float32 whatever autocast gave the networks (as CUDA autocast
         # does for softmax in the official code)
         student_cls, student_patch = (t.float() for t in student_output)
-        teacher_cls, teacher_patch, *rest = teacher_output
-        teacher_cls, teacher_patch = teacher_cls.float(), teacher_patch.float()
-        teacher_mean = rest[0].float() if rest and rest[0] is not None else None
+        if len(teacher_output) != 3 or teacher_output[2] is None:
+            raise ValueError("teacher_output: give (cls (G*B, K), packed patch (M, K2), patch_mean (G*B, K2))")
+        teacher_cls, teacher_patch, teacher_mean = (t.float() for t in teacher_output)
         student_local_cls = student_local_cls.float() if student_local_cls is not None else None
         nepochs = len(self.teacher_temp_schedule)
         if not 0 <= epoch < nepochs:
@@ -183,32 +182,26 @@ class IBOTLoss(nn.Module):
                 f"expected {self.ngcrops} teacher and {self.ncrops} student crops of equal batch, "
                 f"got {n_teacher} teacher and {n_student} student [CLS] rows"
             )
-        packed_teacher = teacher_patch.dim() == 2
-        if packed_teacher != (teacher_mean is not None):
-            raise ValueError("teacher_output: give (cls, patch (G*B, N, K2)) or (cls, packed patch (M, K2), "
-                             "patch_mean (G*B, K2))")
-        mask = self._flat_mask(student_mask, n_teacher, None if packed_teacher else teacher_patch.shape[1])
+        mask = self._flat_mask(student_mask, n_teacher)
 
         # teacher centring and sharpening, detached; patch tokens at masked positions only, the
         # only ones the loss reads (the official code sharpens and scores every token, then
         # multiplies the unmasked ones by 0: the same sums, about 85% less work at its ratios)
         temp = float(self.teacher_temp_schedule[epoch])
         temp2 = float(self.teacher_temp2_schedule[epoch])
-        rows, cols = (mask.nonzero() if mask_index is None else mask_index).unbind(1)
+        rows = mask_index[:, 0]  # (M,): the crop of each masked token
         for name, patch in (("student", student_patch), ("teacher", teacher_patch)):
-            if patch.dim() == 2 and patch.shape[0] != rows.shape[0]:
-                raise ValueError(f"packed {name} patch outputs: {patch.shape[0]} rows for {rows.shape[0]} "
-                                 f"masked tokens")
-        teacher_masked = teacher_patch if packed_teacher else teacher_patch[rows, cols]  # (M, K2)
+            if patch.dim() != 2 or patch.shape[0] != rows.shape[0]:
+                raise ValueError(f"packed {name} patch outputs: {tuple(patch.shape)} for {rows.shape[0]} "
+                                 f"masked tokens; expected ({rows.shape[0]}, K2)")
         if self.centering == "sinkhorn":
             teacher_cls_p = sinkhorn_knopp(teacher_cls, temp)
-            teacher_patch_p = sinkhorn_knopp(teacher_masked, temp2)
+            teacher_patch_p = sinkhorn_knopp(teacher_patch, temp2)
         else:
             teacher_cls_p = F.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
-            teacher_patch_p = F.softmax((teacher_masked - self.center2[0]) / temp2, dim=-1).detach()
+            teacher_patch_p = F.softmax((teacher_patch - self.center2[0]) / temp2, dim=-1).detach()
         student_cls_lp = F.log_softmax(student_cls / self.student_temp, dim=-1)
-        student_masked = student_patch if student_patch.dim() == 2 else student_patch[rows, cols]  # (M, K2)
-        student_patch_lp = F.log_softmax(student_masked / self.student_temp, dim=-1)
+        student_patch_lp = F.log_softmax(student_patch / self.student_temp, dim=-1)
 
         # [CLS]: cross-entropy of every (teacher crop q, student crop v) pair in one contraction
         teacher_cls_p = teacher_cls_p.unflatten(0, (self.ngcrops, batch))  # (G*B, K) -> (G, B, K)
@@ -225,12 +218,11 @@ class IBOTLoss(nn.Module):
         per_image = ce_sum / mask.sum(dim=-1).clamp(min=1).to(ce_sum.dtype)
         loss_patch = per_image.mean() * self.lambda2
 
-        self.update_center(teacher_cls, teacher_mean if packed_teacher else teacher_patch.mean(dim=1))
+        self.update_center(teacher_cls, teacher_mean)
         return {"cls": loss_cls, "patch": loss_patch, "loss": loss_cls + loss_patch}
 
-    def _flat_mask(self, student_mask: Sequence[Tensor] | Tensor, crops: int, tokens: int | None) -> Tensor:
-        """Masks as one (G*B, N) bool tensor, checked against the teacher's G*B crops and (dense
-        patch outputs) N tokens."""
+    def _flat_mask(self, student_mask: Sequence[Tensor] | Tensor, crops: int) -> Tensor:
+        """Masks as one (G*B, N) bool tensor, checked against the teacher's G*B crops."""
         if not isinstance(student_mask, Tensor):
             if len(student_mask) != self.ngcrops:
                 raise ValueError(
@@ -239,10 +231,10 @@ class IBOTLoss(nn.Module):
                 )
             student_mask = torch.cat(list(student_mask))
         mask = student_mask.flatten(1).bool()  # (G*B, h, w) -> (G*B, N)
-        if mask.shape[0] != crops or tokens not in (None, mask.shape[1]):
+        if mask.shape[0] != crops:
             raise ValueError(
-                f"student_mask: {tuple(student_mask.shape)} does not match the teacher patch "
-                f"outputs (G*B, N) = ({crops}, {'N' if tokens is None else tokens})"
+                f"student_mask: {tuple(student_mask.shape)} does not match the teacher's "
+                f"{crops} global crops (G*B, h, w)"
             )
         return mask
 

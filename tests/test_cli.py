@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ibot.cli import main
-from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
+from tests.tiny import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
 from tests.train.helpers import make_image_folder
 
 TINY = [*TINY_MODEL_OVERRIDES, "data.num_workers=0"]

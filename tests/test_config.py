@@ -8,7 +8,6 @@ from ibot.config import (
     OPTION_LIMITS,
     PRESETS,
     PretrainConfig,
-    augmentation_kwargs,
     config_changes,
     config_from_dict,
     get_preset,
@@ -16,6 +15,7 @@ from ibot.config import (
     option_value,
     resolve_config,
 )
+from ibot.loss import CENTERINGS
 
 
 def test_official_vit_small_recipe():
@@ -86,17 +86,6 @@ def test_missing_yaml_file_is_named(tmp_path):
         resolve_config("cpu", tmp_path / "nope.yaml")
 
 
-def test_augmentation_kwargs_carry_the_data_section():
-    from ibot.data.transforms import MultiCropAugmentation
-
-    assert get_preset("vit_small_16").data.blur_sigma == (0.1, 2.0)  # official radius range
-    cfg = resolve_config("cpu", overrides=["data.blur_sigma=[0.05, 0.3]", "data.local_crops_number=3"])
-    augmentation = MultiCropAugmentation(**augmentation_kwargs(cfg.data))
-    assert augmentation.local_transform.transforms[4].sigma == (0.05, 0.3)
-    assert (augmentation.global_crops_size, augmentation.local_crops_number) == (cfg.data.global_crops_size, 3)
-    assert MultiCropAugmentation(**augmentation_kwargs(cfg.data, local_crops_number=0)).local_crops_number == 0
-
-
 def test_every_numeric_option_has_a_range():
     cfg = PretrainConfig()
     numeric = []
@@ -155,3 +144,10 @@ def test_changes_on_a_base_config_and_which_define_the_run():
     assert [is_run_defining(key) for key, _, _ in changes] == [True, True, False]
     assert is_run_defining("optim.batch_size_per_device") and is_run_defining("data.local_crops_number")
     assert not is_run_defining("run.max_steps") and not is_run_defining("data.num_workers")
+
+
+def test_config_accepts_exactly_the_loss_centerings():
+    for centering in CENTERINGS:
+        assert resolve_config("cpu", overrides=[f"loss.centering={centering}"]).loss.centering == centering
+    with pytest.raises(ValueError, match="loss.centering"):
+        resolve_config("cpu", overrides=["loss.centering=median"])

@@ -11,18 +11,19 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES, resolve_config
+from ibot.config import resolve_config
 from ibot.export import compare_with_onnx, export_checkpoint, export_onnx, load_exportable
 from ibot.formats.ours import prefixed, save_checkpoint
 from ibot.infer import Preprocess, read_model_info
 from ibot.models import build_backbone
+from tests.tiny import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
 
 TINY = [*TINY_MODEL_OVERRIDES, *TINY_CROP_OVERRIDES]
 
 
 def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     """One of our pre-training checkpoints holding a random 1-block ViT (patch 4, 16 px crops)."""
-    from ibot.train.trainer import build_student_teacher
+    from ibot.build import build_student_teacher
 
     cfg = resolve_config("cpu", overrides=TINY)
     torch.manual_seed(seed)

@@ -3,7 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ibot.data.pretrain import masked_token_index
 from ibot.loss import IBOTLoss, koleo_loss, sinkhorn_knopp
+from tests.dense_reference import dense_loss, pack, packed_loss_inputs
 
 
 def make_loss(**overrides) -> IBOTLoss:
@@ -34,7 +36,8 @@ def test_matches_official_loss_across_the_warm_up_and_the_mim_start(fixtures_dir
     # the sequence crosses the teacher-temperature warm-up and switches the patch term on
     assert epochs[0] < cfg["mim_start_epoch"] <= epochs[-1] and epochs[-1] >= cfg["warmup_teacher_temp_epochs"]
     for step in ref["steps"]:
-        out = loss(
+        out = dense_loss(  # the official outputs are dense: packed here for the loss
+            loss,
             student_output=(step["student_cls"], step["student_patch"]),
             teacher_output=(step["teacher_cls"], step["teacher_patch"]),
             student_local_cls=step["student_local_cls"],
@@ -56,7 +59,7 @@ def test_no_masked_token_gives_zero_patch_loss():
     gen = torch.Generator().manual_seed(0)
     (s_cls, s_patch), teacher, local, masks = random_inputs(gen)
     s_patch.requires_grad_(True)
-    out = make_loss()((s_cls, s_patch), teacher, local, [torch.zeros_like(m) for m in masks], 0)
+    out = dense_loss(make_loss(), (s_cls, s_patch), teacher, local, [torch.zeros_like(m) for m in masks], 0)
     assert out["patch"].item() == 0.0
     assert out["cls"].item() > 0
     assert out["loss"].item() == pytest.approx(out["cls"].item(), rel=1e-6)
@@ -67,11 +70,11 @@ def test_no_masked_token_gives_zero_patch_loss():
 def test_only_masked_tokens_count():
     gen = torch.Generator().manual_seed(1)
     (s_cls, s_patch), teacher, local, masks = random_inputs(gen)
-    before = make_loss()((s_cls, s_patch), teacher, local, masks, 0)["patch"]
+    before = dense_loss(make_loss(), (s_cls, s_patch), teacher, local, masks, 0)["patch"]
     unmasked = ~torch.cat(masks).flatten(1)  # (G*B, N)
     noise = 5.0 * torch.randn(s_patch.shape, generator=gen)
     s_patch_changed = s_patch + noise * unmasked[..., None]
-    after = make_loss()((s_cls, s_patch_changed), teacher, local, masks, 0)["patch"]
+    after = dense_loss(make_loss(), (s_cls, s_patch_changed), teacher, local, masks, 0)["patch"]
     assert after.item() == pytest.approx(before.item(), rel=1e-6)
 
 
@@ -85,7 +88,7 @@ def test_patch_loss_equals_the_dense_official_formula_and_host_index():
     loss.center2.normal_(generator=gen)
     center2, epoch = loss.center2.clone(), 5
     s_patch.requires_grad_(True)
-    out = loss((s_cls, s_patch), (t_cls, t_patch), local, masks, epoch)
+    out = dense_loss(loss, (s_cls, s_patch), (t_cls, t_patch), local, masks, epoch)
     mask = torch.cat(masks).flatten(1).float()
     teacher_p = F.softmax((t_patch - center2) / float(loss.teacher_temp2_schedule[epoch]), dim=-1)
     token_ce = -(teacher_p * F.log_softmax(s_patch / 0.1, dim=-1)).sum(-1)
@@ -95,29 +98,33 @@ def test_patch_loss_equals_the_dense_official_formula_and_host_index():
     dense_grad, = torch.autograd.grad(dense, s_patch)
     torch.testing.assert_close(grad, dense_grad, rtol=1e-5, atol=1e-8)
 
-    again = make_loss()
-    again.center2.copy_(center2)
-    index = torch.cat(masks).flatten(1).nonzero()
-    hosted = again((s_cls, s_patch), (t_cls, t_patch), local, masks, epoch, mask_index=index)
-    assert hosted["patch"].item() == out["patch"].item() and hosted["cls"].item() == out["cls"].item()
-    packed_loss = make_loss()
-    packed_loss.center2.copy_(center2)
-    packed = packed_loss((s_cls, s_patch[index[:, 0], index[:, 1]]), (t_cls, t_patch), local, masks, epoch)
-    assert packed["patch"].item() == out["patch"].item()  # the wrapper's packed rows: the same sums
-    with pytest.raises(ValueError, match="packed student patch outputs"):
-        make_loss()((s_cls, s_patch[index[1:, 0], index[1:, 1]]), (t_cls, t_patch), local, masks, epoch)
-
-    # the teacher packed too (its masked rows and its mean over all tokens): the same loss and centre
+    # the index as a batch carries it (padded; its first M rows), the outputs packed as the wrapper
+    # gives them (the teacher's with its mean over all tokens): the same loss and centre
+    padded, m = masked_token_index(torch.cat(masks))
+    index = padded[:m]
     both_loss = make_loss()
     both_loss.center2.copy_(center2)
-    t_packed = (t_cls, t_patch[index[:, 0], index[:, 1]], t_patch.mean(1))
-    both = both_loss((s_cls, s_patch[index[:, 0], index[:, 1]]), t_packed, local, masks, epoch)
+    t_packed = (t_cls, pack(t_patch, index), t_patch.mean(1))
+    both = both_loss((s_cls, pack(s_patch, index)), t_packed, local, masks, epoch, index)
     assert both["patch"].item() == out["patch"].item() and both["cls"].item() == out["cls"].item()
-    torch.testing.assert_close(both_loss.center2, packed_loss.center2, rtol=0, atol=0)
+    torch.testing.assert_close(both_loss.center2, loss.center2, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="packed student patch outputs"):
+        make_loss()((s_cls, pack(s_patch, index[1:])), t_packed, local, masks, epoch, index)
     with pytest.raises(ValueError, match="packed teacher patch outputs"):
-        make_loss()((s_cls, s_patch), (t_cls, t_packed[1][1:], t_packed[2]), local, masks, epoch)
+        make_loss()((s_cls, pack(s_patch, index)), (t_cls, t_packed[1][1:], t_packed[2]), local, masks, epoch, index)
     with pytest.raises(ValueError, match="patch_mean"):
-        make_loss()((s_cls, s_patch), t_packed[:2], local, masks, epoch)
+        make_loss()((s_cls, pack(s_patch, index)), t_packed[:2], local, masks, epoch, index)
+
+
+def test_dense_patch_outputs_are_refused():
+    """One form: the loss takes the masked rows only, (M, K2), never every token (G*B, N, K2)."""
+    gen = torch.Generator().manual_seed(7)
+    student, teacher, local, masks = random_inputs(gen)
+    packed_student, packed_teacher, index = packed_loss_inputs(student, teacher, masks)
+    with pytest.raises(ValueError, match="packed student patch outputs"):
+        make_loss()(student, packed_teacher, local, masks, 0, index)
+    with pytest.raises(ValueError, match="packed teacher patch outputs"):
+        make_loss()(packed_student, (*teacher, teacher[1].mean(1)), local, masks, 0, index)
 
 
 def test_identical_distributions_reach_entropy_lower_bound():
@@ -132,7 +139,7 @@ def test_identical_distributions_reach_entropy_lower_bound():
     patch = torch.randn(ngcrops * batch, n, 12, generator=gen)
     g_cls, l_cls = z.repeat(ngcrops, 1), z.repeat(nlcrops, 1)
     masks = torch.ones(ngcrops * batch, 1, n, dtype=torch.bool)
-    out = loss((g_cls, patch), (g_cls, patch), l_cls, masks, 0)
+    out = dense_loss(loss, (g_cls, patch), (g_cls, patch), l_cls, masks, 0)
 
     def entropy(logits):
         p = F.softmax(logits / 0.1, dim=-1)
@@ -145,7 +152,7 @@ def test_identical_distributions_reach_entropy_lower_bound():
         g_cls + 0.3 * torch.randn(g_cls.shape, generator=gen),
         patch + 0.3 * torch.randn(patch.shape, generator=gen),
     )
-    noisy = make_loss(**temps, nlcrops=nlcrops)(noisy_student, (g_cls, patch), l_cls, masks, 0)
+    noisy = dense_loss(make_loss(**temps, nlcrops=nlcrops), noisy_student, (g_cls, patch), l_cls, masks, 0)
     assert noisy["cls"] > out["cls"] and noisy["patch"] > out["patch"]
 
 
@@ -154,8 +161,8 @@ def test_invariant_to_a_constant_added_to_teacher_logits():
     loss_a, loss_b = make_loss(), make_loss()
     for epoch in (0, 1, 4):
         student, (t_cls, t_patch), local, masks = random_inputs(gen)
-        a = loss_a(student, (t_cls, t_patch), local, masks, epoch)
-        b = loss_b(student, (t_cls + 7.0, t_patch - 3.0), local, masks, epoch)
+        a = dense_loss(loss_a, student, (t_cls, t_patch), local, masks, epoch)
+        b = dense_loss(loss_b, student, (t_cls + 7.0, t_patch - 3.0), local, masks, epoch)
         for key in a:
             assert b[key].item() == pytest.approx(a[key].item(), rel=1e-5)
     shift = 1 - 0.9**3
@@ -167,11 +174,11 @@ def test_center_is_ema_of_raw_teacher_means_and_updated_after_the_loss():
     gen = torch.Generator().manual_seed(4)
     loss = make_loss(center_momentum=0.8, center_momentum2=0.6)
     student, (t_cls, t_patch), local, masks = random_inputs(gen)
-    first = loss(student, (t_cls, t_patch), local, masks, 0)
+    first = dense_loss(loss, student, (t_cls, t_patch), local, masks, 0)
     torch.testing.assert_close(loss.center, 0.2 * t_cls.mean(0, keepdim=True))
     torch.testing.assert_close(loss.center2, 0.4 * t_patch.mean((0, 1)).view(1, 1, -1))
     # the first call used zero centres: a fresh loss gives the same value
-    fresh = make_loss()(student, (t_cls, t_patch), local, masks, 0)
+    fresh = dense_loss(make_loss(), student, (t_cls, t_patch), local, masks, 0)
     assert fresh["loss"].item() == first["loss"].item()
 
 
@@ -180,7 +187,7 @@ def test_center_is_averaged_over_processes(monkeypatch):
     gen = torch.Generator().manual_seed(5)
     student, (t_cls, t_patch), local, masks = random_inputs(gen, batch=4)
     full = make_loss()
-    full(student, (t_cls, t_patch), local, masks, 0)
+    dense_loss(full, student, (t_cls, t_patch), local, masks, 0)
 
     def half(x, crops, rank):  # rank's 2 images of each crop, crop-major
         return x.unflatten(0, (crops, 4))[:, 2 * rank:2 * rank + 2].flatten(0, 1)
@@ -198,8 +205,8 @@ def test_center_is_averaged_over_processes(monkeypatch):
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
     monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
     rank0 = make_loss()
-    rank0(
-        (half(student[0], 2, 0), half(student[1], 2, 0)), (half(t_cls, 2, 0), half(t_patch, 2, 0)),
+    dense_loss(
+        rank0, (half(student[0], 2, 0), half(student[1], 2, 0)), (half(t_cls, 2, 0), half(t_patch, 2, 0)),
         half(local, 3, 0), [m[:2] for m in masks], 0,
     )
     torch.testing.assert_close(rank0.center, full.center)
@@ -213,9 +220,9 @@ def test_teacher_temperature_schedules():
     # the shifted patch temperature is what the loss uses: epoch 2 patch loss == epoch 0 patch loss
     gen = torch.Generator().manual_seed(6)
     student, teacher, local, masks = random_inputs(gen)
-    shifted = loss(student, teacher, local, masks, 2)
-    at_0 = make_loss()(student, teacher, local, masks, 0)
-    at_2 = make_loss()(student, teacher, local, masks, 2)
+    shifted = dense_loss(loss, student, teacher, local, masks, 2)
+    at_0 = dense_loss(make_loss(), student, teacher, local, masks, 0)
+    at_2 = dense_loss(make_loss(), student, teacher, local, masks, 2)
     assert shifted["patch"].item() == pytest.approx(at_0["patch"].item(), rel=1e-6)
     assert shifted["cls"].item() == pytest.approx(at_2["cls"].item(), rel=1e-6)
     assert shifted["patch"].item() != pytest.approx(at_2["patch"].item(), rel=1e-3)
@@ -224,20 +231,20 @@ def test_teacher_temperature_schedules():
 def test_mask_as_one_tensor_equals_list_and_local_crops_optional():
     gen = torch.Generator().manual_seed(7)
     student, teacher, local, masks = random_inputs(gen)
-    from_list = make_loss()(student, teacher, local, masks, 1)
-    from_tensor = make_loss()(student, teacher, local, torch.cat(masks), 1)
+    from_list = dense_loss(make_loss(), student, teacher, local, masks, 1)
+    from_tensor = dense_loss(make_loss(), student, teacher, local, torch.cat(masks), 1)
     for key in from_list:
         assert from_tensor[key].item() == from_list[key].item()
-    out = make_loss(nlcrops=0)(student, teacher, None, masks, 1)
+    out = dense_loss(make_loss(nlcrops=0), student, teacher, None, masks, 1)
     assert torch.isfinite(out["loss"])
 
 
 def test_mixed_precision_keeps_float32_sums():
     gen = torch.Generator().manual_seed(10)
     student, teacher, local, masks = random_inputs(gen)
-    full = make_loss()(student, teacher, local, masks, 0)
+    full = dense_loss(make_loss(), student, teacher, local, masks, 0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = make_loss()(student, teacher, local, masks, 0)
+        mixed = dense_loss(make_loss(), student, teacher, local, masks, 0)
     for key in full:
         assert mixed[key].dtype == torch.float32
         assert mixed[key].item() == pytest.approx(full[key].item(), rel=1e-5)
@@ -248,7 +255,7 @@ def test_gradients_reach_student_only():
     (s_cls, s_patch), (t_cls, t_patch), local, masks = random_inputs(gen)
     for t in (s_cls, s_patch, t_cls, t_patch, local):
         t.requires_grad_(True)
-    make_loss()((s_cls, s_patch), (t_cls, t_patch), local, masks, 0)["loss"].backward()
+    dense_loss(make_loss(), (s_cls, s_patch), (t_cls, t_patch), local, masks, 0)["loss"].backward()
     assert t_cls.grad is None and t_patch.grad is None
     assert all(t.grad.abs().sum() > 0 for t in (s_cls, s_patch, local))
 
@@ -258,13 +265,14 @@ def test_bad_inputs_raise():
     student, teacher, local, masks = random_inputs(gen)
     loss = make_loss()
     with pytest.raises(ValueError, match="epoch"):
-        loss(student, teacher, local, masks, 10)
+        dense_loss(loss, student, teacher, local, masks, 10)
+    packed_student, packed_teacher, index = packed_loss_inputs(student, teacher, masks)
+    with pytest.raises(ValueError, match="student_mask"):  # masks of 4 crops for 6 rows of [CLS] outputs
+        loss(packed_student, packed_teacher, local, [torch.zeros(2, 3, 3, dtype=torch.bool)] * 2, 0, index)
     with pytest.raises(ValueError, match="student_mask"):
-        loss(student, teacher, local, [torch.zeros(3, 3, 3, dtype=torch.bool)] * 2, 0)
-    with pytest.raises(ValueError, match="student_mask"):
-        loss(student, teacher, local, masks[:1], 0)
+        dense_loss(loss, student, teacher, local, masks[:1], 0)
     with pytest.raises(ValueError, match="crops"):
-        loss(student, teacher, local[:3], masks, 0)
+        dense_loss(loss, student, teacher, local[:3], masks, 0)
     with pytest.raises(ValueError, match="nepochs"):
         make_loss(warmup_teacher_temp_epochs=8, mim_start_epoch=4)
     with pytest.raises(ValueError, match="ngcrops"):
@@ -291,11 +299,11 @@ def test_sinkhorn_centering_targets_only_masked_patches():
     student, (t_cls, t_patch), local, masks = random_inputs(gen)
     mask = torch.cat(masks).flatten(1)
     loss = make_loss(centering="sinkhorn")
-    out = loss(student, (t_cls, t_patch), local, masks, 0)
+    out = dense_loss(loss, student, (t_cls, t_patch), local, masks, 0)
     changed = t_patch + 5.0 * torch.randn(t_patch.shape, generator=gen) * (~mask)[..., None]
-    again = make_loss(centering="sinkhorn")(student, (t_cls, changed), local, masks, 0)
+    again = dense_loss(make_loss(centering="sinkhorn"), student, (t_cls, changed), local, masks, 0)
     assert again["patch"].item() == pytest.approx(out["patch"].item(), rel=1e-6)
-    mean = make_loss()(student, (t_cls, t_patch), local, masks, 0)
+    mean = dense_loss(make_loss(), student, (t_cls, t_patch), local, masks, 0)
     assert out["cls"].item() != pytest.approx(mean["cls"].item(), rel=1e-3)
     with pytest.raises(ValueError, match="centering"):
         make_loss(centering="median")

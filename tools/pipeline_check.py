@@ -39,8 +39,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
 
-from ibot.config import TINY_MODEL_OVERRIDES  # noqa: E402
 from ibot.formats.ours import CHECKPOINT_NAME  # noqa: E402
+from tests.tiny import TINY_MODEL_OVERRIDES  # noqa: E402  (the test suite's smoke-test model)
 
 SUBSET = ROOT / "ibot" / "data" / "assets" / "fashion_mnist_subset.npz"  # ibot.data.fashion_mnist.SUBSET_PATH
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| on features and class probabilities

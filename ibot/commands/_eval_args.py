@@ -116,7 +116,7 @@ def feature_cache(args: argparse.Namespace):
 
 
 def device(args: argparse.Namespace):
-    from ibot.train.trainer import resolve_device
+    from ibot.runtime import resolve_device
 
     return resolve_device(args.device)
 

@@ -166,12 +166,20 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_yaml(cfg))
         return 0
+    from ibot.build import check_checkpoint_shapes
     from ibot.data.datasets import val_split_problem
-    from ibot.train.trainer import Pretrainer, check_checkpoint_shapes
+    from ibot.eval.knn import periodic_knn
+    from ibot.formats.ours import is_our_checkpoint
+    from ibot.train.trainer import Pretrainer
 
     if start.shapes is not None:  # before building: the saved config may not describe the saved tensors
         config_name = "its saved config" + (" with your overrides" if args.allow_changes else "")
         check_checkpoint_shapes(cfg, start.shapes, str(start.resume), config_name)
+    resume = start.resume
+    if resume and not is_our_checkpoint(resume):  # an official checkpoint.pth: its tensors under our keys
+        from ibot.convert import official_training_state
+
+        resume = official_training_state(resume)
     is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's; the process group is not up yet
     notes = prepare_output_dir(cfg.run.output_dir, start.continues_here, args.overwrite, is_main)
     if is_main:
@@ -185,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         cfg.run.knn_eval, cfg.run.eval_every = False, 0
     try:
-        trainer.fit(resume=start.resume)
+        trainer.fit(resume=resume, on_epoch_end=periodic_knn(cfg.run.eval_every) if cfg.run.eval_every else None)
     except CheckpointWriteError as exc:
         raise CheckpointWriteError(f"{exc}; make room, then continue with: ibot pretrain --resume auto "
                                    f"--output-dir {cfg.run.output_dir}") from None

@@ -33,7 +33,10 @@ __all__ = [
     "PretrainBatch",
     "PretrainDataset",
     "PretrainSample",
+    "bucket_rows",
     "collate_pretrain",
+    "masked_token_index",
+    "pad_mask_index",
     "sample_seeds",
     "stand_in_order",
 ]
@@ -77,6 +80,10 @@ class PretrainBatch:
     global_crops: Tensor  # (G * B, 3, H, W)
     local_crops: Tensor | None  # (L * B, 3, h, w), None without local crops
     masks: Tensor  # (G * B, H // stride, W // stride) bool, True = masked
+    # (crop, patch) of each masked token, ``masks.flatten(1).nonzero()``, then (0, 0) rows up to a
+    # recurring count (:func:`pad_mask_index`); the first ``num_masked`` rows are the real ones
+    mask_index: Tensor  # (bucket_rows(M), 2) int64
+    num_masked: int  # M
     skipped: tuple[str, ...] = ()  # the unreadable files its samples met, each once
     # batched colour: the crops are uint8 and these rows (crop-major) hold their colour parameters
     global_params: Tensor | None = None  # (G * B, NUM_PARAMS)
@@ -86,8 +93,8 @@ class PretrainBatch:
         def maybe(t: Tensor | None) -> Tensor | None:
             return None if t is None else fn(t)
 
-        return PretrainBatch(fn(self.global_crops), maybe(self.local_crops), fn(self.masks), self.skipped,
-                             maybe(self.global_params), maybe(self.local_params))
+        return PretrainBatch(fn(self.global_crops), maybe(self.local_crops), fn(self.masks), fn(self.mask_index),
+                             self.num_masked, self.skipped, maybe(self.global_params), maybe(self.local_params))
 
     def pin_memory(self) -> PretrainBatch:
         """Called by ``DataLoader(pin_memory=True)``."""
@@ -167,8 +174,35 @@ class PretrainDataset(Dataset):
         return PretrainSample(global_crops, local_crops, masks, skipped, color_params)
 
 
+def bucket_rows(m: int) -> int:
+    """``m`` rounded up to a multiple of 64, past 1024 to a multiple of 1/16 of the power of two
+    below it: at most 1/16 more rows, and a count that recurs from step to step."""
+    step = 64 if m <= 1024 else 1 << (m.bit_length() - 5)
+    return -(-m // step) * step
+
+
+def pad_mask_index(mask_index: Tensor) -> Tensor:
+    """``mask_index`` (M, 2) followed by (0, 0) rows up to :func:`bucket_rows` (M) rows; the
+    outputs at the padding rows (past M) are to be dropped.
+
+    The number of masked tokens changes every step; kernels made per shape (oneDNN's bf16 matmuls
+    on CPU keep one per shape in a cache; torch.compile recompiles) would otherwise pile up: with
+    the exact count a bf16 CPU run's memory grew by about 12 MiB a step."""
+    m = mask_index.shape[0]
+    return torch.cat((mask_index, mask_index.new_zeros(bucket_rows(m) - m, 2)))
+
+
+def masked_token_index(masks: Tensor) -> tuple[Tensor, int]:
+    """``(pad_mask_index(masks.flatten(1).nonzero()), M)`` for masks (G * B, h, w): the (crop,
+    patch) pairs of the M masked tokens, padded to a recurring count. Found on the host (in the
+    data-loader workers), so a GPU never syncs to count them."""
+    mask_index = masks.flatten(1).nonzero()  # (M, 2)
+    return pad_mask_index(mask_index), mask_index.shape[0]
+
+
 def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
-    """Stack B samples crop-major into a :class:`PretrainBatch`."""
+    """Stack B samples crop-major into a :class:`PretrainBatch`, with the index of the masked
+    tokens (:func:`masked_token_index`)."""
     if not items:
         raise ValueError("cannot collate an empty batch")
     num_global, num_local = len(items[0].global_crops), len(items[0].local_crops)
@@ -186,7 +220,8 @@ def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
         if num_local:
             local_params = crop_major(lambda s: s.color_params, range(num_global, num_global + num_local))
     skipped = tuple(dict.fromkeys(path for s in items for path in s.skipped))  # each file once
-    return PretrainBatch(global_crops, local_crops, masks, skipped, global_params, local_params)
+    return PretrainBatch(global_crops, local_crops, masks, *masked_token_index(masks), skipped, global_params,
+                         local_params)
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):

@@ -137,8 +137,8 @@ class Finetuner:
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
         from ibot.eval.features import evaluation_transform
-        from ibot.train.trainer import resolve_device, resolve_precision
-        from ibot.train.schedules import cosine_schedule
+        from ibot.runtime import resolve_device, resolve_precision
+        from ibot.schedules import cosine_schedule
 
         self.cfg, self.data, self.arch = cfg, data, arch
         self.output_dir = Path(output_dir)

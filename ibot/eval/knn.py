@@ -6,7 +6,8 @@ class with weight ``exp(sim / T)``, T = 0.07; accuracies for several ``k`` come 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,11 +59,29 @@ def backbone_knn(backbone: torch.nn.Module, data: str, image_size: int, device: 
     return knn_classify(train_f, train_l, test_f, test_l, ks=ks)
 
 
+def periodic_knn(every: int, k: int = 20) -> Callable[[Any, int], dict[str, float]]:
+    """An ``on_epoch_end`` callback for :meth:`ibot.train.trainer.Pretrainer.fit`: every ``every``
+    epochs, the k-NN top-1 (``knn_top1``) of the teacher's backbone on the pre-training dataset's
+    val split, during training (``run.eval_every``)."""
+    if every < 1:
+        raise ValueError(f"the k-NN evaluation runs every N >= 1 epochs, got {every}")
+
+    def knn_top1(trainer: Any, epoch: int) -> dict[str, float]:
+        if (epoch + 1) % every:
+            return {}
+        cfg = trainer.cfg
+        result = backbone_knn(trainer.teacher.backbone, cfg.data.data, cfg.data.global_crops_size, trainer.device,
+                              ks=(k,), progress=False)
+        return {"knn_top1": next(iter(result.values()))["top1"]}
+
+    return knn_top1
+
+
 def pretrain_knn_report(trainer, ks: Sequence[int] = (10, 20)) -> dict:
     """k-NN accuracy of the trained teacher backbone and of the same network at random
     initialisation, on the pre-training dataset's train / val splits (the quick check that
     pre-training learned something; ``ibot knn`` is the full evaluation)."""
-    from ibot.train.trainer import build_student_teacher
+    from ibot.build import build_student_teacher
 
     cfg = trainer.cfg
     torch.manual_seed(cfg.run.seed)

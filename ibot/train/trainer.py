@@ -6,35 +6,30 @@ per-parameter clipping, frozen last layer) -> EMA teacher -> log / atomic checkp
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from ibot.config import PretrainConfig, augmentation_kwargs, backbone_kwargs
-from ibot.data.batched_color import apply_color
+from ibot.build import build_augmentation, build_mask_generator, build_student_teacher, check_checkpoint_shapes
+from ibot.config import PretrainConfig
 from ibot.data.datasets import build_dataset
-from ibot.data.masking import MaskGenerator
 from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretrain
-from ibot.data.transforms import MultiCropAugmentation
-from ibot.loss import IBOTLoss, koleo_loss
-from ibot.models import IBOTHead, MultiCropWrapper, build_backbone, use_explicit_attention
-from ibot.models.multicrop import pad_mask_index
-from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
 from ibot.formats import ours as ckpt
+from ibot.runtime import resolve_device, resolve_precision
+from ibot.schedules import cosine_schedule
 from ibot.train.distributed import DistInfo, barrier, init_distributed, union_over_processes
-from ibot.train.ema import EMAUpdater
-from ibot.train.run_logger import RunLogger
+from ibot.train.objective import IBOTObjective
 from ibot.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients_per_param
-from ibot.train.schedules import cosine_schedule
+from ibot.train.run_logger import RunLogger
+
+Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]  # tensors under our keys, metadata
+EpochCallback = Callable[["Pretrainer", int], dict[str, Any]]  # (trainer, epoch) -> extra epoch-log fields
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,69 +46,6 @@ class TrainState:
         return self.epoch, self.step_in_epoch
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"run.device={name} but no CUDA device is available; use run.device=cpu")
-    return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 on GPU by default, none (fp32) on CPU."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
-    """Student (drop path, mask token) and teacher (same weights, no mask token) networks."""
-    m = cfg.model
-    common = backbone_kwargs(cfg)
-    student_bb = build_backbone(m.arch, drop_path_rate=m.drop_path_rate, masked_im_modeling=True, **common)
-    teacher_bb = build_backbone(m.arch, drop_path_rate=0.0, masked_im_modeling=False, **common)
-    head = dict(out_dim=m.out_dim, patch_out_dim=m.patch_out_dim, hidden_dim=m.head_hidden_dim,
-                bottleneck_dim=m.head_bottleneck_dim, nlayers=m.head_nlayers)
-    student = MultiCropWrapper(student_bb, IBOTHead(student_bb.embed_dim, norm_last_layer=m.norm_last_layer,
-                                                    shared_head=m.shared_head, **head), masked_patches_only=True)
-    teacher = MultiCropWrapper(teacher_bb, IBOTHead(teacher_bb.embed_dim, shared_head=m.shared_head_teacher, **head),
-                               masked_patches_only=True)
-    missing, unexpected = teacher.load_state_dict(student.state_dict(), strict=False)
-    if missing or [k for k in unexpected if "masked_embed" not in k]:
-        raise RuntimeError(f"teacher/student mismatch: missing {missing}, unexpected {unexpected}")
-    for param in teacher.parameters():
-        param.requires_grad_(False)
-    return student, teacher
-
-
-# IBOTHead argument -> model.* option
-HEAD_OPTIONS = {"out_dim": "out_dim", "patch_out_dim": "patch_out_dim", "nlayers": "head_nlayers",
-                "hidden_dim": "head_hidden_dim", "bottleneck_dim": "head_bottleneck_dim"}
-
-
-def check_checkpoint_shapes(cfg: PretrainConfig, shapes: Mapping[str, Sequence[int]], source: str,
-                            config_name: str = "this run's config") -> None:
-    """One-line error naming both architectures when the student / teacher tensors of a checkpoint
-    (their shapes) cannot load into the networks ``cfg`` describes; builds nothing."""
-    m = cfg.model
-    expected = expected_backbone_shape(m.arch, **backbone_kwargs(cfg))
-    for name in ("student", "teacher"):
-        found = backbone_shape_of(ckpt.strip_prefix(f"{name}.backbone.", shapes))
-        if found is not None and found.differences(expected):
-            raise ValueError(f"{source} holds a {found} ({name} backbone), but {config_name} builds "
-                             f"model.arch={m.arch}, a {expected}")
-        head = ckpt.strip_prefix(f"{name}.head.", shapes)
-        if not head:
-            continue
-        got = infer_head_kwargs(head)
-        skip = {"hidden_dim"} if got["nlayers"] == 1 else set()  # no hidden layer to read it from
-        skip |= set() if "last_layer2.weight_v" in head else {"patch_out_dim"}
-        differ = [f"model.{option}={getattr(m, option)} (file: {got[kwarg]})" for kwarg, option in HEAD_OPTIONS.items()
-                  if kwarg not in skip and got[kwarg] != getattr(m, option)]
-        if differ:
-            raise ValueError(f"{source}: its {name} head does not fit {config_name}: {', '.join(differ)}")
-
-
 class Pretrainer:
     """iBOT pre-training for one process of a (possibly) distributed run."""
 
@@ -128,35 +60,22 @@ class Pretrainer:
         self.checkpoint_path = self.output_dir / ckpt.CHECKPOINT_NAME
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-        self.student, self.teacher = build_student_teacher(cfg)
-        self.student.to(self.device)
-        self.teacher.to(self.device).eval()
-        if self.device.type == "cpu" and self.amp_dtype is not None:
-            # measured (benchmarks/README.md): ATen's CPU flash-attention backward is slow in bf16,
-            # while the explicit softmax(QK^T)V runs on AMX matmuls; same maths
-            use_explicit_attention(self.student, self.teacher)
-        # ``student``/``teacher`` hold the weights; ``student_step``/``teacher_step`` run the forward
-        # (through DDP and torch.compile when enabled)
-        self.student_step: nn.Module = self.student
-        if self.dist.world_size > 1:
-            self.student_step = DistributedDataParallel(
-                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.teacher_step: nn.Module = self.teacher
-        if cfg.run.compile:
-            self.student_step = torch.compile(self.student_step)
-            self.teacher_step = torch.compile(self.teacher)
-        self._build_data()
-        self._build_objective()
+        student, teacher = build_student_teacher(cfg)
+        self._build_data(student.backbone.mask_stride)
+        self.objective = IBOTObjective(cfg, student, teacher, self.device, self.amp_dtype, self.dist.world_size,
+                                       self.dataset.augmentation)
+        # the objective's networks (weights), loss (centres) and grad scaler, which checkpoints hold
+        self.student, self.teacher = self.objective.student, self.objective.teacher
+        self.ibot_loss, self.scaler = self.objective.loss, self.objective.scaler
+        self._build_optimisation()
         torch.manual_seed(cfg.run.seed + 1000 + self.dist.rank)  # drop path differs per rank
 
     # ------------------------------------------------------------------------------ set-up
-    def _build_data(self) -> None:
+    def _build_data(self, mask_stride: int) -> None:
         cfg, d = self.cfg, self.cfg.data
-        augmentation = MultiCropAugmentation(**augmentation_kwargs(d), batched_color=d.batched_color)
-        masks = MaskGenerator(cfg.mask.pred_ratio, cfg.mask.pred_ratio_var, tuple(cfg.mask.pred_aspect_ratio),
-                              cfg.mask.pred_shape, cfg.mask.pred_start_epoch)
+        augmentation, masks = build_augmentation(d), build_mask_generator(cfg.mask)
         base = build_dataset(d.data, split="train")
-        self.dataset = PretrainDataset(base, augmentation, masks, self.student.backbone.mask_stride, cfg.run.seed)
+        self.dataset = PretrainDataset(base, augmentation, masks, mask_stride, cfg.run.seed)
         self.global_batch = cfg.optim.batch_size_per_device * self.dist.world_size
         if len(base) < self.global_batch:
             raise ValueError(f"dataset {d.data} has {len(base)} images, fewer than one batch of "
@@ -171,22 +90,13 @@ class Pretrainer:
             # a private generator: creating loader iterators must not consume the global RNG
             generator=torch.Generator().manual_seed(cfg.run.seed))
 
-    def _build_objective(self) -> None:
-        cfg, o, n = self.cfg, self.cfg.optim, self.steps_per_epoch
-        self.ibot_loss = IBOTLoss(
-            cfg.model.out_dim, cfg.model.patch_out_dim, cfg.data.global_crops_number, cfg.data.local_crops_number,
-            cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp, cfg.loss.warmup_teacher_patch_temp,
-            cfg.loss.teacher_patch_temp, cfg.loss.warmup_teacher_temp_epochs, o.epochs,
-            student_temp=cfg.loss.student_temp, center_momentum=cfg.loss.center_momentum,
-            center_momentum2=cfg.loss.center_momentum, lambda1=cfg.loss.lambda1, lambda2=cfg.loss.lambda2,
-            mim_start_epoch=cfg.mask.pred_start_epoch, centering=cfg.loss.centering).to(self.device)
+    def _build_optimisation(self) -> None:
+        o, n = self.cfg.optim, self.steps_per_epoch
         self.optimizer = build_optimizer(self.student, fused=o.fused)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         base_lr = o.lr * self.global_batch / 256.0  # linear scaling rule
         self.lr_schedule = cosine_schedule(base_lr, o.min_lr, o.epochs, n, warmup_epochs=o.warmup_epochs)
         self.wd_schedule = cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, n)
         self.momentum_schedule = cosine_schedule(o.momentum_teacher, 1.0, o.epochs, n)
-        self.ema = EMAUpdater(self.student, self.teacher)
         self.clip_params = [p for p in self.student.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -208,20 +118,16 @@ class Pretrainer:
                 "world_size": self.dist.world_size}
         return ckpt.save_checkpoint(self.checkpoint_path, tensors, meta, kind="pretrain")
 
-    def load(self, path: str | Path) -> TrainState:
-        """Restore a run from one of our checkpoints (exactly), from a file written by ``ibot
-        convert``, or from an official full ``checkpoint.pth`` (weights, loss centres and epoch;
-        AdamW moments start afresh since the official ones follow another parameter order)."""
-        if ckpt.is_our_checkpoint(path):
-            tensors, meta = ckpt.load_checkpoint(path)
+    def load(self, checkpoint: str | Path | Checkpoint) -> TrainState:
+        """Restore a run from one of our checkpoints (exactly; a path, e.g. a file written by ``ibot
+        convert``) or from ``(tensors, meta)`` already under our keys: an official full
+        ``checkpoint.pth`` read by :func:`ibot.convert.official_training_state` (weights, loss
+        centres and epoch; AdamW moments start afresh since the official ones follow another
+        parameter order)."""
+        if isinstance(checkpoint, tuple):
+            (tensors, meta), path = checkpoint, checkpoint[1].get("source", "the checkpoint")
         else:
-            from ibot.convert import official_to_ours
-
-            tensors, meta = official_to_ours(path)
-            missing = {"student", "teacher"} - set(meta["networks"])
-            if missing:
-                raise ValueError(f"{path} has no {' or '.join(sorted(missing))} network; resuming needs a full "
-                                 f"training checkpoint (checkpoint.pth), not a backbone-only file")
+            (tensors, meta), path = ckpt.load_checkpoint(checkpoint), checkpoint
         check_checkpoint_shapes(self.cfg, {k: v.shape for k, v in tensors.items()}, str(path))
         for name, network in (("student", self.student), ("teacher", self.teacher)):
             try:
@@ -242,53 +148,22 @@ class Pretrainer:
         return TrainState(meta["epoch"], meta.get("step_in_epoch", 0))
 
     # ------------------------------------------------------------------------------ training
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def train_step(self, batch: Any, epoch: int, it: int) -> dict[str, torch.Tensor]:
         """One optimiser step at global iteration ``it``; returns the (device) loss terms."""
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = self.lr_schedule[it]
             if i == 0:  # only the decayed group follows the weight-decay schedule
                 group["weight_decay"] = self.wd_schedule[it]
-        global_crops = batch.global_crops.to(self.device, non_blocking=True)
-        masks = batch.masks.to(self.device, non_blocking=True)
-        mask_index = batch.masks.flatten(1).nonzero()  # found on the host: no GPU sync
-        m = mask_index.shape[0]
-        rows = pad_mask_index(mask_index).to(self.device, non_blocking=True)  # a recurring count for the networks
-        local_crops = batch.local_crops.to(self.device, non_blocking=True) if batch.local_crops is not None else None
-        if batch.global_params is not None:  # uint8 crops: the colour half of the augmentation, batched here
-            mean, std = self.dataset.augmentation.mean, self.dataset.augmentation.std
-            global_crops = apply_color(global_crops, batch.global_params, mean, std)
-            if local_crops is not None:
-                local_crops = apply_color(local_crops, batch.local_params, mean, std)
-
-        with self._autocast():
-            with torch.no_grad():  # patch targets at the masked tokens only, plus their mean for the centre
-                teacher = self.teacher_step(global_crops, mask_index=rows)
-            student = self.student_step(global_crops, masks, local_crops, mask_index=rows)
-            # packed patch rows past m are padding (dense ones, of a plain wrapper, are read at the masks)
-            student_patch, teacher_patch = (p[:m] if p.dim() == 2 else p for p in (student.patch, teacher.patch))
-            losses = self.ibot_loss((student.cls, student_patch), (teacher.cls, teacher_patch, teacher.patch_mean),
-                                    student.local_cls, masks, epoch, rows[:m])
-            koleo_weight = self.cfg.loss.koleo_weight
-            if koleo_weight > 0:  # per global crop, as DINOv2 does
-                chunks = student.backbone_cls.chunk(self.cfg.data.global_crops_number)
-                losses["koleo"] = koleo_weight * sum(koleo_loss(c) for c in chunks)
-                losses["loss"] = losses["loss"] + losses["koleo"]
-
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
+        losses = self.objective.forward_backward(batch, epoch)
         if self.cfg.optim.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
             clip_gradients_per_param(self.clip_params, self.cfg.optim.clip_grad)
         cancel_last_layer_gradients(self.student, epoch, self.cfg.optim.freeze_last_layer)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.ema.update(float(self.momentum_schedule[it]))
-        return {k: v.detach() for k, v in losses.items()}
+        self.objective.update_teacher(float(self.momentum_schedule[it]))
+        return losses
 
     def _check_finite(self, losses: dict[str, torch.Tensor], state: TrainState) -> None:
         if not math.isfinite(losses["loss"].item()):
@@ -297,8 +172,11 @@ class Pretrainer:
             raise NonFiniteLossError(f"loss is {losses['loss'].item()} at {where}: stopping{kept}. "
                                      f"Try a lower optim.lr, optim.clip_grad or run.precision=fp32")
 
-    def fit(self, resume: str | Path | None = None) -> list[dict[str, Any]]:
-        """Train to the end (or ``run.max_steps``); returns the logged records."""
+    def fit(self, resume: str | Path | Checkpoint | None = None,
+            on_epoch_end: EpochCallback | None = None) -> list[dict[str, Any]]:
+        """Train to the end (or ``run.max_steps``); returns the logged records. ``resume``: what
+        :meth:`load` takes; ``on_epoch_end(trainer, epoch)``, called on the main process after
+        each epoch, returns extra fields for the epoch's log record (e.g. a k-NN accuracy)."""
         cfg = self.cfg
         state = self.load(resume) if resume else TrainState()
         if state.step_in_epoch >= self.steps_per_epoch:  # saved after an epoch's last step: the next one is due
@@ -348,22 +226,12 @@ class Pretrainer:
                     return logger.records
                 tic = time.perf_counter()
             meter.skipped = dict.fromkeys(union_over_processes(meter.skipped))  # all processes' files, once each
-            extra = {}
-            if cfg.run.eval_every and (epoch + 1) % cfg.run.eval_every == 0 and self.dist.is_main:
-                extra["knn_top1"] = self._knn_top1()
+            extra = on_epoch_end(self, epoch) if on_epoch_end is not None and self.dist.is_main else {}
             logger.end_epoch(meter, {"epoch": epoch, **self._schedule_values(epoch, it), **extra})
             state = TrainState(epoch + 1, 0)
             self._checkpoint(state)
         logger.close()
         return logger.records
-
-    def _knn_top1(self) -> float:
-        """k-NN (k = 20) top-1 of the teacher on the dataset's val split, during training."""
-        from ibot.eval.knn import backbone_knn
-
-        result = backbone_knn(self.teacher.backbone, self.cfg.data.data, self.cfg.data.global_crops_size,
-                              self.device, ks=(20,), progress=False)
-        return next(iter(result.values()))["top1"]
 
     def _checkpoint(self, state: TrainState) -> None:
         if self.dist.is_main:

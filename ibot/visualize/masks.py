@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ibot.config import PretrainConfig, augmentation_kwargs, mask_stride
-from ibot.data.masking import PRED_SHAPES, MaskGenerator
+from ibot.build import build_augmentation, build_mask_generator
+from ibot.config import PretrainConfig, mask_stride
+from ibot.data.masking import PRED_SHAPES
 from ibot.visualize.grid import Cell, GridLayout, grid_figure, save_png
 from ibot.visualize.images import display_scale, to_uint8, upscale
 
@@ -37,7 +38,6 @@ def sample_masks(cfg: PretrainConfig, num_images: int = 4, epoch: int | None = N
     """
     from ibot.data.datasets import build_dataset
     from ibot.data.pretrain import PretrainDataset
-    from ibot.data.transforms import MultiCropAugmentation
 
     if num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {num_images}")
@@ -47,13 +47,13 @@ def sample_masks(cfg: PretrainConfig, num_images: int = 4, epoch: int | None = N
         raise ValueError(f"--epoch must be >= 0, got {epoch}")
     base = build_dataset(d.data, split="train")
     indices = np.random.default_rng(seed).choice(len(base), size=min(num_images, len(base)), replace=False)
-    augmentation = MultiCropAugmentation(**augmentation_kwargs(d, local_crops_number=0))
+    augmentation = build_augmentation(d, local_crops_number=0, batched_color=False)
     stride = mask_stride(cfg)
     shapes = [m.pred_shape, *(s for s in PRED_SHAPES if s != m.pred_shape)]
     crops: list[np.ndarray] = []
     masks: dict[str, list[np.ndarray]] = {}
     for shape in shapes:
-        generator = MaskGenerator(m.pred_ratio, m.pred_ratio_var, tuple(m.pred_aspect_ratio), shape, m.pred_start_epoch)
+        generator = build_mask_generator(m, pred_shape=shape)
         dataset = PretrainDataset(base, augmentation, generator, stride, seed)
         samples = [dataset[(epoch, int(i))] for i in indices]  # same seeds: same crops for every shape
         masks[shape] = [mask.numpy() for s in samples for mask in s.masks]

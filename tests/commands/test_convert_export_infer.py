@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from ibot import hub
+from ibot.build import build_student_teacher
 from ibot.cli import main
 from ibot.config import config_from_dict
 from ibot.eval.checkpoints import load_backbone
 from ibot.formats.official import safe_torch_load
 from ibot.formats.ours import load_checkpoint, strip_prefix
-from ibot.train.trainer import build_student_teacher
 from tests.test_export import write_tiny_checkpoint
 
 

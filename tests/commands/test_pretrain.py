@@ -12,9 +12,9 @@ import yaml
 from safetensors import SafetensorError
 
 from ibot.cli import main
-from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
 from ibot.formats import ours as ckpt
 from tests.test_cli_errors import one_line_error
+from tests.tiny import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
 from tests.train.helpers import make_image_folder
 
 # 16 images, batch 4: 4 steps per epoch, 2 epochs

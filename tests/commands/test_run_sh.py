@@ -62,7 +62,7 @@ def test_the_pretrain_stage_replaces_its_own_run_unless_resumed():
 @pytest.mark.slow
 def test_pretraining_twice_in_a_row(tmp_path, monkeypatch):
     from ibot.cli import main
-    from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
+    from tests.tiny import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
     from tests.train.helpers import make_image_folder
 
     folder = make_image_folder(tmp_path / "images")

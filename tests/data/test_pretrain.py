@@ -13,7 +13,9 @@ from ibot.data.pretrain import (
     EpochBatchSampler,
     PretrainBatch,
     PretrainDataset,
+    bucket_rows,
     collate_pretrain,
+    pad_mask_index,
 )
 from ibot.data.transforms import MultiCropAugmentation
 
@@ -65,6 +67,7 @@ def _same_batch(a, b):
         torch.equal(a.global_crops, b.global_crops)
         and torch.equal(a.local_crops, b.local_crops)
         and torch.equal(a.masks, b.masks)
+        and torch.equal(a.mask_index, b.mask_index) and a.num_masked == b.num_masked
         and a.skipped == b.skipped
     )
 
@@ -103,6 +106,21 @@ def test_collate_is_crop_major():
             assert torch.equal(batch.masks[c * 3 + i], item.masks[c])
     no_local = collate_pretrain([_dataset(local_crops_number=0)[(0, i)] for i in range(2)])
     assert no_local.local_crops is None and no_local.global_crops.shape == (4, 3, 32, 32)
+
+
+def test_collate_gives_the_padded_index_of_the_masked_tokens():
+    ds = _dataset()
+    batch = collate_pretrain([ds[(0, i)] for i in range(6)])
+    index = batch.masks.flatten(1).nonzero()  # (M, 2): (crop, patch), crop-major
+    assert batch.num_masked == len(index) > 0
+    assert batch.mask_index.shape == (bucket_rows(len(index)), 2) and batch.mask_index.dtype == torch.int64
+    assert torch.equal(batch.mask_index[:batch.num_masked], index)
+    assert not batch.mask_index[batch.num_masked:].any()  # (0, 0) padding rows after the real ones
+    moved = batch.to("cpu")
+    assert torch.equal(moved.mask_index, batch.mask_index) and moved.num_masked == batch.num_masked
+    unmasked = PretrainDataset(Images(2), Identity(), MaskGenerator(pred_ratio=0.0, pred_ratio_var=0.0), STRIDE)
+    nothing = collate_pretrain([unmasked[(0, i)] for i in range(2)])
+    assert nothing.num_masked == 0 and nothing.mask_index.shape == (0, 2)
 
 
 def test_batched_colour_samples_carry_their_parameters_crop_major():
@@ -216,3 +234,14 @@ def test_fashion_mnist_end_to_end(monkeypatch):
     assert batch.global_crops.shape == (4, 3, 32, 32) and batch.local_crops.shape == (2, 3, 16, 16)
     assert batch.masks.shape == (4, 2, 2)
     assert batch.to("cpu").masks.dtype == torch.bool
+
+
+def test_bucket_rows_pads_little_and_recurs():
+    assert [bucket_rows(m) for m in (0, 1, 64, 65, 1024, 1025)] == [0, 64, 64, 128, 1024, 1088]
+    counts = range(2000, 6000)  # e.g. ViT-S/16 at batch 64: about 3800 +- 1200 masked tokens
+    padded = [bucket_rows(m) for m in counts]
+    assert all(m <= p <= m * 1.0625 for m, p in zip(counts, padded))
+    assert len(set(padded)) <= 40  # shapes recur, so per-shape kernel caches stay bounded
+    index = torch.tensor([[1, 2], [3, 4]])
+    assert pad_mask_index(index).tolist() == [[1, 2], [3, 4]] + [[0, 0]] * 62
+    assert pad_mask_index(index[:0]).shape == (0, 2)

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from ibot.eval.knn import knn_classify
+from ibot.eval.knn import knn_classify, periodic_knn
 
 
 def test_knn_recovers_clustered_classes():
@@ -32,3 +33,8 @@ def test_knn_k_larger_than_train_set_is_clamped():
     result = knn_classify(train, labels, train, labels, ks=(200,))
     assert set(result) == {3}
     assert result[3]["top1"] == 100.0
+
+
+def test_periodic_knn_needs_a_positive_period():
+    with pytest.raises(ValueError, match="every N >= 1 epochs, got 0"):
+        periodic_knn(0)

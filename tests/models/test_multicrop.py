@@ -5,7 +5,8 @@ from timm.layers import DropPath
 
 from ibot.hub import network_state
 from ibot.models import IBOTHead, MultiCropWrapper, swin_tiny, vit_tiny
-from ibot.models.multicrop import bucket_rows, pad_mask_index
+from ibot.data.pretrain import bucket_rows, pad_mask_index
+from tests.dense_reference import dense_outputs
 
 
 def student(**head_kwargs):
@@ -20,23 +21,25 @@ def test_outputs_are_head_of_backbone_per_crop_kind():
     model.backbone.masked_embed.normal_()
     global_crops, local_crops = torch.randn(4, 3, 32, 32), torch.randn(6, 3, 16, 16)
     masks = torch.rand(4, 4, 4) > 0.5
-    cls, patch, local_cls, backbone_cls, patch_mean = model(global_crops, masks, local_crops)
+    index = masks.flatten(1).nonzero()
+    cls, patch, local_cls, backbone_cls, patch_mean = model(global_crops, masks, local_crops, mask_index=index)
     assert patch_mean is None
-    assert cls.shape == (4, 16) and patch.shape == (4, 16, 12) and local_cls.shape == (6, 16)
+    assert cls.shape == (4, 16) and patch.shape == (len(index), 12) and local_cls.shape == (6, 16)
     expected_cls, expected_patch = model.head(model.backbone(global_crops, mask=masks, return_all_tokens=True))
     torch.testing.assert_close(cls, expected_cls)
-    torch.testing.assert_close(patch, expected_patch)
+    torch.testing.assert_close(patch, expected_patch[index[:, 0], index[:, 1]])
     torch.testing.assert_close(local_cls, model.head(model.backbone(local_crops)))
     torch.testing.assert_close(backbone_cls, model.backbone(global_crops, mask=masks))
     # the masks reach the backbone; local crops are optional
-    assert not torch.allclose(model(global_crops)[0], cls)
-    assert model(global_crops).local_cls is None
+    assert not torch.allclose(model(global_crops, mask_index=index)[0], cls)
+    assert model(global_crops, mask_index=index).local_cls is None
 
 
 def test_one_backward_reaches_every_parameter():
     model = student().train()
-    cls, patch, local_cls, *_ = model(torch.randn(2, 3, 32, 32), torch.zeros(2, 4, 4, dtype=torch.bool),
-                                      torch.randn(2, 3, 16, 16))
+    masks = torch.ones(2, 4, 4, dtype=torch.bool)
+    cls, patch, local_cls, *_ = model(torch.randn(2, 3, 32, 32), masks, torch.randn(2, 3, 16, 16),
+                                      mask_index=masks.flatten(1).nonzero())
     (cls.sum() + patch.sum() + local_cls.sum()).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
@@ -45,12 +48,13 @@ def test_one_backward_reaches_every_parameter():
 def test_swin_student_gives_pooled_and_last_stage_tokens():
     backbone = swin_tiny(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), masked_im_modeling=True)
     model = MultiCropWrapper(backbone, IBOTHead(backbone.embed_dim, 16, hidden_dim=16, bottleneck_dim=8)).eval()
-    cls, patch, local_cls, *_ = model(torch.randn(2, 3, 64, 64), torch.ones(2, 2, 2, dtype=torch.bool),
-                                      torch.randn(3, 3, 32, 32))
-    assert cls.shape == (2, 16) and patch.shape == (2, 4, 16) and local_cls.shape == (3, 16)
-    model.masked_patches_only = True  # packed outputs through Swin's token_index
+    every = torch.ones(2, 2, 2, dtype=torch.bool)
+    cls, patch, local_cls, *_ = model(torch.randn(2, 3, 64, 64), every, torch.randn(3, 3, 32, 32),
+                                      mask_index=every.flatten(1).nonzero())
+    assert cls.shape == (2, 16) and patch.shape == (8, 16) and local_cls.shape == (3, 16)
+    # packed outputs through Swin's token_index
     masks = torch.tensor([[[True, False], [False, True]], [[False, False], [False, False]]])
-    packed = model(torch.randn(2, 3, 64, 64), masks)
+    packed = model(torch.randn(2, 3, 64, 64), masks, mask_index=masks.flatten(1).nonzero())
     assert packed.patch.shape == (2, 16) and packed.cls.shape == (2, 16)
 
 
@@ -64,14 +68,13 @@ def test_official_teacher_state_dict_loads_as_is(fixtures_dir, official_arch, of
     assert set(model.state_dict()) == set(state)
 
 
-def test_masked_patches_only_is_exact_for_the_loss_and_skips_unmasked_tokens():
+def test_packed_student_is_exact_for_the_loss_and_skips_unmasked_tokens():
     torch.manual_seed(0)
     full = student().train()
     full.backbone.masked_embed.data.normal_()
     full.backbone.blocks[-1].drop_path1 = DropPath(0.5)  # the packed last block draws drop path as timm does
     full.backbone.blocks[-1].drop_path2 = DropPath(0.5)
     sparse = copy.deepcopy(full)
-    sparse.masked_patches_only = True
     global_crops, masks = torch.randn(4, 3, 32, 32), torch.rand(4, 4, 4) > 0.6
     local_crops = torch.randn(6, 3, 16, 16)
     masks[0] = False  # an unmasked crop, as the official ratios give half the time
@@ -82,7 +85,10 @@ def test_masked_patches_only_is_exact_for_the_loss_and_skips_unmasked_tokens():
     flat = masks.flatten(1)
     for model in (full, sparse):
         torch.manual_seed(1)
-        cls, patch, local_cls, backbone_cls, _ = model(global_crops, masks, local_crops)
+        if model is full:  # every token, as the official code projects them
+            cls, patch, local_cls, backbone_cls, _ = dense_outputs(full, global_crops, masks, local_crops)
+        else:
+            cls, patch, local_cls, backbone_cls, _ = sparse(global_crops, masks, local_crops, mask_index=flat.nonzero())
         # what the loss does with the student's patch outputs: read them at masked positions only
         masked = patch[flat] if patch.dim() == 3 else patch
         loss = cls.square().sum() + masked.log_softmax(-1).sum() + local_cls.square().sum() + backbone_cls.sum()
@@ -99,14 +105,9 @@ def test_masked_patches_only_is_exact_for_the_loss_and_skips_unmasked_tokens():
     # the last block's MLP: [CLS] and masked tokens of the global crops, [CLS] of the local crops
     assert [tuple(shape) for shape in mlp_rows] == [(4 + int(flat.sum()), 32), (6, 32)]
     torch.manual_seed(1)
-    hosted = sparse(global_crops, masks, local_crops, mask_index=flat.nonzero())  # as the trainer passes it
-    torch.testing.assert_close(hosted.patch, patch_b, rtol=0, atol=0)
-    torch.manual_seed(1)
-    padded = sparse(global_crops, masks, local_crops, mask_index=pad_mask_index(flat.nonzero()))  # as the trainer
+    padded = sparse(global_crops, masks, local_crops, mask_index=pad_mask_index(flat.nonzero()))  # as a batch has it
     assert padded.patch.shape[0] == bucket_rows(int(flat.sum())) > int(flat.sum())
     torch.testing.assert_close(padded.patch[:int(flat.sum())], patch_b)  # the padding rows come last
-    sparse.eval()
-    torch.testing.assert_close(sparse(global_crops).patch, full.eval()(global_crops).patch)  # no masks: all tokens
 
 
 @torch.no_grad()
@@ -116,8 +117,7 @@ def test_packed_teacher_targets_and_their_mean_match_the_dense_outputs():
     global_crops, masks = torch.randn(4, 3, 32, 32), torch.rand(4, 4, 4) > 0.6
     masks[1] = False
     flat = masks.flatten(1)
-    dense = teacher(global_crops)
-    teacher.masked_patches_only = True
+    dense = dense_outputs(teacher, global_crops)
     packed = teacher(global_crops, mask_index=flat.nonzero())  # the teacher sees the unmasked crops
     torch.testing.assert_close(packed.cls, dense.cls)
     torch.testing.assert_close(packed.patch, dense.patch[flat])
@@ -125,14 +125,3 @@ def test_packed_teacher_targets_and_their_mean_match_the_dense_outputs():
     # mean of the projections == projection of the mean feature (a linear layer): rounding apart
     torch.testing.assert_close(packed.patch_mean, dense.patch.mean(1), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(packed.patch_mean, dense.patch[:, 0])  # really a mean over tokens
-
-
-def test_bucket_rows_pads_little_and_recurs():
-    assert [bucket_rows(m) for m in (0, 1, 64, 65, 1024, 1025)] == [0, 64, 64, 128, 1024, 1088]
-    counts = range(2000, 6000)  # e.g. ViT-S/16 at batch 64: about 3800 +- 1200 masked tokens
-    padded = [bucket_rows(m) for m in counts]
-    assert all(m <= p <= m * 1.0625 for m, p in zip(counts, padded))
-    assert len(set(padded)) <= 40  # shapes recur, so per-shape kernel caches stay bounded
-    index = torch.tensor([[1, 2], [3, 4]])
-    assert pad_mask_index(index).tolist() == [[1, 2], [3, 4]] + [[0, 0]] * 62
-    assert pad_mask_index(index[:0]).shape == (0, 2)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ibot.config import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES, resolve_config
+from ibot.config import resolve_config
+from tests.tiny import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
 
 
 def make_image_folder(root: Path, n_per_class: int = 8, classes: int = 2, size: int = 20, seed: int = 0) -> Path:

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from ibot.models import use_explicit_attention
+from ibot.train import objective as objective_module
 from ibot.train import trainer as trainer_module
 from ibot.train.trainer import Pretrainer
+from tests.dense_reference import use_dense_forward
 from tests.train.helpers import tiny_config
 
 
@@ -42,15 +44,15 @@ def test_plain_and_fast_paths_give_the_same_losses(tmp_path, image_folder, monke
     steps = ["run.max_steps=4", "model.drop_path_rate=0.0"]
     fast = _losses(Pretrainer(tiny_config(tmp_path / "fast", image_folder, *steps)).fit())
 
-    monkeypatch.setattr(trainer_module, "EMAUpdater", LoopEMA)
+    monkeypatch.setattr(objective_module, "EMAUpdater", LoopEMA)
     monkeypatch.setattr(trainer_module, "clip_gradients_per_param", loop_clip)
     plain_trainer = Pretrainer(tiny_config(tmp_path / "plain", image_folder, *steps, "optim.fused=false"))
     use_explicit_attention(plain_trainer.student, plain_trainer.teacher)  # instead of scaled_dot_product_attention
     for group in plain_trainer.optimizer.param_groups:
         group["foreach"] = False
-    # every global-crop token through the last block and the heads, read at the masks by the loss (official;
+    # every global-crop token through the last block and the heads, read at the masks for the loss (official;
     # the local crops' [CLS]-only last block is checked against all tokens in test_vision_transformer.py)
-    plain_trainer.student.masked_patches_only = plain_trainer.teacher.masked_patches_only = False
+    use_dense_forward(plain_trainer.student, plain_trainer.teacher)
     plain = _losses(plain_trainer.fit())
     assert len(fast) == len(plain) == 4
     assert fast == pytest.approx(plain, rel=1e-5)

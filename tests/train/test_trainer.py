@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from ibot.convert import official_training_state
+from ibot.eval.knn import periodic_knn
 from ibot.formats import ours as ckpt
 from ibot.train.trainer import NonFiniteLossError, Pretrainer
 from tests.train.helpers import make_image_folder, tiny_config
@@ -224,7 +226,7 @@ def test_resume_from_official_full_checkpoint(tmp_path, image_folder, fixtures_d
                       f"model.head_bottleneck_dim={a['bottleneck_dim']}", "data.global_crops_size=32",
                       "data.local_crops_size=16", "optim.epochs=20")
     trainer = Pretrainer(cfg)
-    state = trainer.load(official)
+    state = trainer.load(official_training_state(official))  # converted as `ibot pretrain --resume` does
     teacher_backbone, teacher_head = network_state(official, key="teacher")
     ours = trainer.teacher.state_dict()
     for key, value in teacher_backbone.items():
@@ -235,14 +237,13 @@ def test_resume_from_official_full_checkpoint(tmp_path, image_folder, fixtures_d
     assert state.epoch == raw["epoch"] and state.step_in_epoch == 0
     torch.testing.assert_close(trainer.ibot_loss.center, raw["ibot_loss"]["center"])
     trainer.cfg.run.max_steps = raw["epoch"] * trainer.steps_per_epoch + 1  # one step past the resume point
-    records = trainer.fit(resume=official)
+    records = trainer.fit(resume=official_training_state(official))
     assert records[0]["epoch"] == raw["epoch"]
 
 
-def test_backbone_only_official_file_cannot_resume(tmp_path, image_folder, fixtures_dir):
-    trainer = Pretrainer(tiny_config(tmp_path, image_folder))
+def test_backbone_only_official_file_cannot_resume(fixtures_dir):
     with pytest.raises(ValueError, match="full training checkpoint"):
-        trainer.load(fixtures_dir / "vit_checkpoint_teacher.pth")
+        official_training_state(fixtures_dir / "vit_checkpoint_teacher.pth")
 
 
 def test_periodic_knn_and_tensorboard_events(tmp_path, image_folder):
@@ -250,7 +251,8 @@ def test_periodic_knn_and_tensorboard_events(tmp_path, image_folder):
     data.mkdir()
     image_folder.rename(data / "train")
     make_image_folder(data / "val", n_per_class=3, seed=1)
-    records = Pretrainer(tiny_config(tmp_path, data, "run.eval_every=1", "run.tensorboard=true")).fit()
+    cfg = tiny_config(tmp_path, data, "run.eval_every=1", "run.tensorboard=true")
+    records = Pretrainer(cfg).fit(on_epoch_end=periodic_knn(cfg.run.eval_every))  # as `ibot pretrain` passes it
     epochs = [r for r in records if r["type"] == "epoch"]
     assert len(epochs) == 2 and all(0.0 <= r["knn_top1"] <= 100.0 for r in epochs)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
