@@ -32,6 +32,7 @@ from ibot.train.distributed import DistInfo, barrier, init_distributed
 from ibot.train.ema import EMAUpdater
 from ibot.train.run_logger import RunLogger
 from ibot.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients_per_param
+from ibot.train.precision import resolve_precision
 from ibot.train.schedules import cosine_schedule
 
 
@@ -55,13 +56,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"run.device={name} but no CUDA device is available; use run.device=cpu")
     return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 on GPU by default, none (fp32) on CPU."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
