@@ -135,8 +135,10 @@ class Protocols:
         self.classes = len(build_dataset(data, "train").classes)
 
     def features(self, forward, identity: dict[str, Any], kind: str):
-        train = split_features(forward, identity, kind, self.data, "train", self.transform, batch_size=512)
-        val = split_features(forward, identity, kind, self.data, "val", self.transform, batch_size=512)
+        train = split_features(forward, identity, kind, self.data, "train", self.transform, batch_size=512,
+                                      progress=False)
+        val = split_features(forward, identity, kind, self.data, "val", self.transform, batch_size=512,
+                                      progress=False)
         return train[0], train[1], val[0], val[1]
 
     def pixels(self):
@@ -146,7 +148,7 @@ class Protocols:
         return self.features(gray, {"checkpoint": "raw-pixels"}, "pixels")
 
     def knn(self, train_x, train_y, val_x, val_y) -> dict[str, Any]:
-        results = knn_classify(train_x, train_y, val_x, val_y, ks=(10, 20, 100, 200), progress=False)
+        results = knn_classify(train_x, train_y, val_x, val_y, ks=(10, 20, 100, 200))
         return {"top1": results[20]["top1"], "per_k": {str(k): v["top1"] for k, v in results.items()}}
 
     def linear(self, train_x, train_y, val_x, val_y) -> dict[str, Any]:
@@ -257,7 +259,7 @@ def run_main(args, cfg, protocols: Protocols, work: Path, times: dict) -> dict[s
         return out
     ids, labels, _ = split_features(prototype_assigner(pretrained.backbone, load_head(checkpoint).eval()),
                                     pretrained.identity(), "prototype-argmax", args.data, "val",
-                                    protocols.transform, batch_size=512)
+                                    protocols.transform, batch_size=512, progress=False)
     out["ibot"]["prototypes"] = cluster_scores(labels.numpy(), ids[:, 0].long().numpy())
     drop_path = finetune_recipe(args.finetune_recipe).drop_path
     with clock(times, "finetune_ibot"):

@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default: 0.65 for ViT-B, else 0.75)")
     o.add_argument("--drop-path", type=float, help=f"stochastic depth of the last block (default {d.drop_path})")
     o.add_argument("--clip-grad", type=float, help="global gradient-norm clip; 0: none (default 0)")
+    o.add_argument("--head-lr-scale", type=float, help="lr multiplier of the classifier and final norm (default 1)")
+    o.add_argument("--head-init-epochs", type=int, help="first fit the classifier on cached frozen features for "
+                                                        "this many epochs (LP-FT; default 0)")
+    o.add_argument("--freeze-backbone-epochs", type=int, help="first epochs train the classifier only (default 0)")
     o.add_argument("--seed", type=int, default=d.seed)
     a = p.add_argument_group("regularisation (timm; default: the recipe's)")
     a.add_argument("--mixup", type=float, help=f"mixup alpha; 0 disables (default {d.mixup})")
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     options = {name: getattr(args, name) for name in (
         "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "layer_decay", "drop_path",
         "mixup", "cutmix", "label_smoothing", "reprob", "min_crop_scale", "color_jitter", "clip_grad", "ema",
-        "ema_decay")}
+        "ema_decay", "head_lr_scale", "head_init_epochs", "freeze_backbone_epochs")}
     cfg = finetune_recipe(args.recipe, **options, auto_augment=auto_augment, crop_pct=args.crop_pct,
                           num_workers=args.num_workers, seed=args.seed, device=args.device,
                           progress=not args.no_progress)

@@ -12,6 +12,8 @@ which the official iBOT fine-tuning uses).
 - ``head_lr_scale``: the top layer (classifier and final norm) learns that many times faster
   than layer decay alone gives (1 officially): a short run's fresh classifier needs more than the
   backbone's lr to catch up with the features.
+- Optional linear-probe start (``head_init_epochs``, LP-FT): the classifier is first fitted on
+  cached frozen features of the un-augmented train images (one extra pass of the backbone).
 - Optional linear-probe warm-up (``freeze_backbone_epochs``): the first epochs train the
   classifier only, so that a random head does not pull the pre-trained features around.
 - Optional EMA of the weights (timm ``ModelEmaV3``), evaluated alongside.
@@ -126,6 +128,27 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict
     return {"top1": 100.0 * hits1 / total, "top5": 100.0 * hits5 / total, "loss": loss / total}
 
 
+def fit_head_on_features(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, epochs: int,
+                         seed: int, lr: float = 1e-3, batch_size: int = 256) -> float:
+    """Train ``head`` (a linear classifier) on cached ``features`` (N, D) for ``epochs`` (AdamW,
+    no weight decay, constant lr, seeded shuffling); returns the last epoch's mean loss. The
+    linear-probe start of LP-FT: fine-tuning then begins from a classifier that already fits the
+    frozen features instead of from a random one."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    total = 0.0
+    for _ in range(epochs):
+        order, total = torch.randperm(len(features), generator=generator), 0.0
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            loss = F.cross_entropy(head(features[batch]), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+    return total / max(len(features), 1)
+
+
 def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
     """Seed torch, numpy and random (timm's augmentations and Mixup use all three)."""
     value = seed * 100_003 + epoch
@@ -224,6 +247,27 @@ class Finetuner:
         return meta["epoch"], meta["history"]
 
     # -------------------------------------------------------------------------- training
+    @torch.no_grad()
+    def _train_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final-norm [CLS] features (N, D) and labels of the train split, un-augmented."""
+        from ibot.eval.features import evaluation_transform, extract_features
+
+        dataset = EvalDataset(self.train_set.base, evaluation_transform(self.cfg.image_size, self.cfg.crop_pct))
+        features, labels, _ = extract_features(self.model.backbone.eval(), dataset, batch_size=self.cfg.batch_size,
+                                               num_workers=self.cfg.num_workers, device=self.device,
+                                               desc="head-init features", progress=self.cfg.progress)
+        return features, labels
+
+    def init_head(self) -> None:
+        """LP-FT: fit the classifier on the frozen backbone's features before fine-tuning."""
+        features, labels = self._train_features()
+        head = nn.Linear(features.shape[1], self.model.head.out_features)
+        head.load_state_dict({k: v.cpu() for k, v in self.model.head.state_dict().items()})
+        with torch.enable_grad():
+            loss = fit_head_on_features(head, features, labels, self.cfg.head_init_epochs, self.cfg.seed)
+        self.model.head.load_state_dict(head.state_dict())
+        tqdm.write(f"classifier fitted on frozen features ({self.cfg.head_init_epochs} epochs): loss {loss:.4f}")
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
         generator = _seed_epoch(cfg.seed, epoch)
@@ -269,6 +313,8 @@ class Finetuner:
         checkpoint); returns the results (best and last top-1/top-5, history)."""
         start, history = self.load(resume) if resume else (0, [])
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if start == 0 and self.cfg.head_init_epochs > 0:
+            self.init_head()
         end = self.cfg.epochs if max_epochs is None else min(self.cfg.epochs, start + max_epochs)
         for epoch in range(start, end):
             tic = time.perf_counter()

@@ -39,8 +39,8 @@ def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None: fp32). ``auto``: bf16 on GPU and on CPUs with native bf16
-    (measured there: the ``cpu`` preset's step about 2.9 times faster than fp32), fp32 on other
-    CPUs (where bf16 is emulated: the same step about 3.8 times slower than fp32)."""
+    (faster than fp32 on an AMX Xeon, ``benchmarks/README.md``), fp32 on other CPUs (bf16 is
+    emulated there: the ``cpu`` preset's backbone step 3.8 times slower than fp32 on an AVX2 EPYC)."""
     if precision == "auto":
         native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
         precision = "bf16" if native else "fp32"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ibot.eval.checkpoints import load_backbone
-from ibot.eval.finetune import FinetuneModel, Finetuner, layer_decay_param_groups
+from ibot.eval.finetune import FinetuneModel, Finetuner, fit_head_on_features, layer_decay_param_groups
 from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
 from ibot.models import build_backbone
 from ibot.train import checkpoint as ckpt
@@ -99,6 +99,34 @@ def test_frozen_backbone_epochs_train_the_classifier_only(tmp_path, tiny_run):
     tuner.train_epoch(1)
     assert not torch.equal(before["backbone.blocks.0.attn.qkv.weight"],
                            tuner.model.state_dict()["backbone.blocks.0.attn.qkv.weight"])
+
+
+def test_fit_head_on_features_separates_blobs():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(40)
+    features = torch.randn(120, 8, generator=generator) * 0.1 + torch.eye(3, 8)[labels] * 3
+    head = torch.nn.Linear(8, 3)
+    before = torch.nn.functional.cross_entropy(head(features), labels).item()
+    fit_head_on_features(head, features, labels, epochs=30, seed=0, lr=1e-2, batch_size=16)
+    with torch.no_grad():
+        logits = head(features)
+    assert torch.nn.functional.cross_entropy(logits, labels).item() < before / 4
+    assert (logits.argmax(1) == labels).all()
+
+
+def test_head_init_fits_the_classifier_before_fine_tuning(tmp_path, tiny_run):
+    tuner = make_tuner(tmp_path, tiny_run, epochs=1, head_init_epochs=20, ema=False)
+    features, labels = tuner._train_features()
+
+    def train_loss() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(tuner.model.head(features), labels).item()
+
+    start = train_loss()
+    backbone = {k: v.clone() for k, v in tuner.model.backbone.state_dict().items()}
+    tuner.init_head()
+    assert train_loss() < start
+    assert all(torch.equal(v, tuner.model.backbone.state_dict()[k]) for k, v in backbone.items())
 
 
 def test_randaugment_ops_work_at_their_largest_magnitude():
