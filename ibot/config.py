@@ -124,7 +124,7 @@ class RunConfig:
     output_dir: str = "runs/ibot"
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
-    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
+    precision: str = "auto"  # "auto" (bf16 on GPU and on CPUs with native bf16), "fp32", "bf16", "fp16"
     log_every_steps: int = 10
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     max_steps: int = 0  # stop after this many steps in total (0: run all epochs); for tests

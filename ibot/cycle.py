@@ -29,9 +29,8 @@ CPU_BUDGETS: dict[str, list[str]] = {
     "knn": [],
     "linear": ["--epochs", "30", "--train-batch-size", "256"],  # 1024 leaves 6 steps per epoch on 6k images
     # six epochs (about a minute) cannot carry the official 100-epoch regularisation (mixup, cutmix,
-    # RandAugment, erasing): with it the demo stayed near chance, so it trains with crops and flips only
-    "finetune": ["--epochs", "6", "--warmup-epochs", "1", "--batch-size", "64", "--lr", "4e-3", "--mixup", "0",
-                 "--cutmix", "0", "--auto-augment", "none", "--reprob", "0", "--min-crop-scale", "0.35"],
+    # RandAugment, erasing): the short recipe (ibot.eval.finetune_config.RECIPES; docs/design.md)
+    "finetune": ["--recipe", "short", "--epochs", "6", "--batch-size", "64"],
     "cluster": [],
     "semisup": [],
 }

@@ -16,21 +16,24 @@ if TYPE_CHECKING:
     from ibot.eval.finetune_config import FinetuneConfig
 
 
-def _defaults() -> FinetuneConfig:
-    """Fine-tuning's defaults here: the official recipe, with no more loader processes than cores."""
-    from ibot.eval.finetune_config import FinetuneConfig
+def _defaults(recipe: str = "official") -> FinetuneConfig:
+    """Fine-tuning's defaults here: the named recipe, with no more loader processes than cores."""
+    from ibot.eval.finetune_config import FinetuneConfig, finetune_recipe
 
-    return FinetuneConfig(num_workers=min(FinetuneConfig.num_workers, os.cpu_count() or 1))
+    return finetune_recipe(recipe, num_workers=min(FinetuneConfig.num_workers, os.cpu_count() or 1))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ibot.eval.finetune_config import FinetuneConfig
+    from ibot.eval.finetune_config import RECIPES, FinetuneConfig
 
     d = _defaults()
     add_config_arguments(p, "lr: 1e-3", "epochs=100 layer_decay=0.65", option="field")
     common.add_model_arguments(p)
     data_names = common.add_data_arguments(p, config=d, features=False)
-    o = p.add_argument_group("fine-tuning (BEiT / official iBOT defaults; timm's regularisation)")
+    o = p.add_argument_group("fine-tuning (default: the recipe's; official: BEiT / iBOT's, timm's regularisation)")
+    o.add_argument("--recipe", default="official", choices=sorted(RECIPES),
+                   help="official: BEiT's 100-300-epoch recipe; short: a few epochs on small images "
+                        "(light crops, no mixup/cutmix/RandAugment/erasing; docs/design.md)")
     add_dataclass_arguments(o, FinetuneConfig, defaults=d, given_only=True, exclude=tuple(data_names))
     r = p.add_argument_group("output")
     add_output_dir(r, "checkpoint, log.jsonl and finetune.json (default: CHECKPOINT_FOLDER/finetune)")
@@ -39,11 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, list[str]]:
-    """The fine-tuning config: defaults, ``--config``'s YAML file, overrides, then the options
-    given; ``(config, names of the options set)``."""
+    """The fine-tuning config: the recipe's defaults, ``--config``'s YAML file, overrides, then the
+    options given; ``(config, names of the options set)``."""
     from ibot.eval.finetune_config import FinetuneConfig
 
-    cfg = _defaults()
+    cfg = _defaults(args.recipe)
     chosen = resolve_from_args(cfg, args, [f.name for f in dataclasses.fields(FinetuneConfig)])
     if cfg.auto_augment is not None and cfg.auto_augment.lower() in ("none", ""):
         cfg.auto_augment = None
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     tuner = Finetuner(loaded.backbone, loaded.arch, data, cfg, out, backbone_info=info, holdout=held)
     print(f"fine-tuning {loaded.name} ({args.key} of {args.checkpoint}) on {data}"
           f"{f' ({held.describe()})' if held else ''}: {len(tuner.train_set)} train / "
-          f"{len(tuner.val_set)} val images, {cfg.epochs} epochs, layer decay {tuner.layer_decay}")
+          f"{len(tuner.val_set)} val images, {cfg.epochs} epochs ({args.recipe} recipe), layer decay {tuner.layer_decay}")
     results = tuner.fit(resume=resume)
     print(f"fine-tuning: best top-1 {results['top1']:.2f}% (epoch {results['best_epoch']}, {results['best_from']}), "
           f"last top-1 {results['last_top1']:.2f}% top-5 {results['last_top5']:.2f}%")

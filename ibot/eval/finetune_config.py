@@ -1,9 +1,12 @@
-"""Fine-tuning hyper-parameters with the official defaults (BEiT's recipe, used by iBOT's
-fine-tuning). Kept free of torch so that ``ibot --help`` stays fast."""
+"""Fine-tuning hyper-parameters: the official defaults (BEiT's recipe, used by iBOT's fine-tuning)
+and a recipe for short budgets on small images. Kept free of torch so that ``ibot --help`` stays
+fast."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -27,7 +30,11 @@ class FinetuneConfig:
     auto_augment: str | None = "rand-m9-mstd0.5-inc1-mmax9"  # timm RandAugment policy; 'none' disables
     reprob: float = 0.25  # random erasing probability
     min_crop_scale: float = 0.08  # RandomResizedCrop scale (min, 1)
+    color_jitter: float = 0.4  # timm's default; used only without RandAugment
     clip_grad: float = 0.0  # global gradient-norm clipping; 0 disables
+    head_lr_scale: float = 1.0  # lr multiplier of the top layer (classifier, final norm); official: 1
+    head_init_epochs: int = 0  # >0: fit the classifier on cached frozen features first (LP-FT); official: 0
+    freeze_backbone_epochs: int = 0  # first epochs train the classifier only (LP-FT); official: 0
     ema: bool = False  # keep and evaluate an EMA of the weights
     ema_decay: float = 0.9999
     image_size: int = 224  # training and evaluation size
@@ -36,6 +43,33 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu or cuda
     progress: bool = True  # progress bars
+
+
+# Named recipes: the fields each changes from the official defaults above.
+RECIPES: dict[str, dict[str, Any]] = {
+    "official": {},
+    # A few epochs on small images (docs/design.md, "Fine-tuning for short budgets"): the official
+    # regularisation (mixup, cutmix, RandAugment, erasing, 8%-area crops) is sized for 100-300
+    # epochs and keeps a few-epoch run under the linear probe. Here: the classifier is first fitted
+    # on cached frozen features (LP-FT), then everything trains at the official lr with crops of at
+    # least 80% of the image (half-image crops shift a centred 28-px item's features a long way:
+    # cosine 0.62 to the full view's), flips, label smoothing, no drop path, no mixing or erasing.
+    "short": {"epochs": 10, "warmup_epochs": 1, "head_init_epochs": 30, "drop_path": 0.0, "mixup": 0.0,
+              "cutmix": 0.0, "auto_augment": None, "reprob": 0.0, "min_crop_scale": 0.8, "color_jitter": 0.0},
+}
+
+
+def finetune_recipe(name: str, **overrides: Any) -> FinetuneConfig:
+    """The recipe ``name`` (``official`` or ``short``) with ``overrides`` (fields of
+    ``FinetuneConfig``; None values are ignored, so unset command-line options keep the recipe's)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown fine-tuning recipe '{name}'; choose one of {', '.join(RECIPES)}")
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown fine-tuning option(s): {', '.join(unknown)}")
+    values = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return FinetuneConfig(**values)
 
 
 def default_layer_decay(arch: str) -> float:

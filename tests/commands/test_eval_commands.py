@@ -114,6 +114,16 @@ def test_holdout_is_stated_in_the_output_and_the_results(tiny_run, flat_folder, 
     assert "--holdout-seed needs --holdout" in capsys.readouterr().err
 
 
+def test_finetune_command_recipe_and_overrides(tiny_run, tmp_path):
+    checkpoint, _ = tiny_run
+    result = run_json(["finetune", "-c", str(checkpoint), "--output-dir", str(tmp_path), "--recipe", "short",
+                       "--epochs", "1", "--batch-size", "8", "--cutmix", "0.5", "--auto-augment", "none",
+                       "--device", "cpu", *QUIET], tmp_path / "finetune.json")
+    config = result["config"]
+    assert config["mixup"] == 0 and config["reprob"] == 0 and config["auto_augment"] is None  # the recipe's
+    assert config["cutmix"] == 0.5 and config["epochs"] == 1  # given on the command line
+
+
 @pytest.mark.parametrize("argv, message", [
     (["knn", "-c", "/nonexistent/ckpt.safetensors"], "/nonexistent/ckpt.safetensors"),
     (["knn", "-c", "CKPT", "--data", "/nonexistent/images"], "/nonexistent/images"),

@@ -109,3 +109,14 @@ def test_table_and_curves(tmp_path):
     png = cycle.plot_curves(tmp_path, tmp_path / "curves.png")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cycle.plot_curves(tmp_path / "empty", tmp_path / "none.png") is None
+
+
+def test_finetune_recipe_follows_the_preset(tmp_path):
+    """The cpu demo fine-tunes with the short recipe; official-size presets keep the official one."""
+    def finetune_argv(*options):
+        args = cycle.parse_args(["finetune", "--checkpoint", "ck.safetensors", *options])
+        return cycle.stage_command("finetune", args, tmp_path, tmp_path / "ck.safetensors")
+
+    demo = finetune_argv()
+    assert demo[demo.index("--recipe") + 1] == "short"
+    assert "--recipe" not in finetune_argv("--preset", "vit_small_16")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ibot.eval.checkpoints import load_backbone
-from ibot.eval.finetune import FinetuneModel, Finetuner, layer_decay_param_groups
+from ibot.eval.finetune import FinetuneModel, Finetuner, fit_head_on_features, layer_decay_param_groups
 from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
 from ibot.formats import ours as ckpt
 from ibot.models import build_backbone
@@ -53,11 +53,23 @@ def test_official_layer_decay_defaults_and_bad_value():
         layer_decay_param_groups(model, 0.05, 1.5)
 
 
+def test_head_lr_scale_multiplies_the_top_layer_only():
+    vit = build_backbone("vit_tiny", patch_size=4, img_size=16, depth=2, embed_dim=16, num_heads=2)
+    model = FinetuneModel(vit, num_classes=3)
+    plain = rates(model, layer_decay_param_groups(model, weight_decay=0.05, layer_decay=0.5))
+    scaled = rates(model, layer_decay_param_groups(model, weight_decay=0.05, layer_decay=0.5, head_lr_scale=10))
+    top = {"head.weight", "head.bias", "backbone.norm.weight", "backbone.norm.bias"}
+    for name, (scale, decay) in plain.items():
+        assert scaled[name] == ((scale * 10 if name in top else scale), decay)
+    with pytest.raises(ValueError, match="head lr scale"):
+        layer_decay_param_groups(model, 0.05, 0.5, head_lr_scale=0)
+
+
 def make_tuner(run_dir, tiny_run, epochs, **overrides):
     checkpoint, folder = tiny_run
     loaded = load_backbone(checkpoint, drop_path_rate=0.1)
     cfg = FinetuneConfig(epochs=epochs, batch_size=8, warmup_epochs=1, image_size=16, num_workers=0,
-                         progress=False, device="cpu", ema=True, ema_decay=0.9, **overrides)
+                         progress=False, device="cpu", **{"ema": True, "ema_decay": 0.9, **overrides})
     return Finetuner(loaded.backbone, loaded.arch, str(folder), cfg, run_dir)
 
 
@@ -75,6 +87,46 @@ def test_resumed_finetuning_matches_an_uninterrupted_run(tmp_path, tiny_run):
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     assert {"top1", "top5", "last_top1", "best_epoch"} <= set(full)
     assert 0.0 <= full["top1"] <= 100.0 and full["layer_decay"] == 0.75
+
+
+def test_frozen_backbone_epochs_train_the_classifier_only(tmp_path, tiny_run):
+    tuner = make_tuner(tmp_path, tiny_run, epochs=2, freeze_backbone_epochs=1, ema=False)
+    before = {k: v.clone() for k, v in tuner.model.state_dict().items()}
+    tuner.train_epoch(0)
+    after = tuner.model.state_dict()
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    tuner.train_epoch(1)
+    assert not torch.equal(before["backbone.blocks.0.attn.qkv.weight"],
+                           tuner.model.state_dict()["backbone.blocks.0.attn.qkv.weight"])
+
+
+def test_fit_head_on_features_separates_blobs():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(40)
+    features = torch.randn(120, 8, generator=generator) * 0.1 + torch.eye(3, 8)[labels] * 3
+    head = torch.nn.Linear(8, 3)
+    before = torch.nn.functional.cross_entropy(head(features), labels).item()
+    fit_head_on_features(head, features, labels, epochs=30, seed=0, lr=1e-2, batch_size=16)
+    with torch.no_grad():
+        logits = head(features)
+    assert torch.nn.functional.cross_entropy(logits, labels).item() < before / 4
+    assert (logits.argmax(1) == labels).all()
+
+
+def test_head_init_fits_the_classifier_before_fine_tuning(tmp_path, tiny_run):
+    tuner = make_tuner(tmp_path, tiny_run, epochs=1, head_init_epochs=20, ema=False)
+    features, labels = tuner._train_features()
+
+    def train_loss() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(tuner.model.head(features), labels).item()
+
+    start = train_loss()
+    backbone = {k: v.clone() for k, v in tuner.model.backbone.state_dict().items()}
+    tuner.init_head()
+    assert train_loss() < start
+    assert all(torch.equal(v, tuner.model.backbone.state_dict()[k]) for k, v in backbone.items())
 
 
 def test_randaugment_ops_work_at_their_largest_magnitude():

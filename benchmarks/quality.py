@@ -1,0 +1,380 @@
+"""Quality benchmark: does iBOT pre-training on Fashion-MNIST beat the baselines on the CPU?
+
+On the full Fashion-MNIST (train 60k / test 10k) with the ``cpu`` preset's network and a budget
+stated on the command line (epochs of each stage; wall and CPU seconds are recorded), one run
+measures:
+
+- baselines: k-NN (k = 20) and the linear probe on raw pixels, and on the same network at random init;
+- after pre-training: k-NN, linear probe, fine-tuning (``--finetune-recipe``: ``short`` by default,
+  see ``ibot.eval.finetune_config``), and clustering (NMI / ARI / Hungarian ACC of the head's
+  prototypes and of k-means on [CLS] features);
+- the same network fine-tuned from random initialisation with the same recipe and budget (``scratch``).
+
+Two more runs of the same script add their figures to the same results file:
+
+- ``--ablation dino-only``: pre-training without the masked-patch loss (``loss.lambda2=0``), same
+  budget; k-NN and linear probe (``dino_only``);
+- ``--classes 0-4``: pre-training on the train images of classes 0-4 only, then k-NN on the other
+  classes (their train split as memory, their test split as queries), beside raw pixels
+  (``unseen_classes``).
+
+Results go to ``benchmarks/results/quality.json`` (``--output``), merged into what the file
+already holds: top-1 figures under ``ibot``, ``dino_only``, ``raw_pixels``, ``random_init``,
+``scratch``, ``unseen_classes``; each run's command, budget, seconds and machine under ``runs``;
+``wall_minutes`` is the main run's. ::
+
+    python benchmarks/quality.py --threads 2
+    python benchmarks/quality.py --threads 2 --ablation dino-only
+    python benchmarks/quality.py --threads 2 --classes 0-4
+
+``--smoke``: the embedded 6k/1k subset, 2 pre-training epochs, 5 linear epochs, 1 fine-tuning
+epoch, written under ``--work-dir`` (a few minutes; checks that every stage runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import _common
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ibot.build import backbone_kwargs  # noqa: E402
+from ibot.config import resolve_config  # noqa: E402
+from ibot.formats.ours import CHECKPOINT_NAME  # noqa: E402
+from ibot.data.datasets import build_dataset  # noqa: E402
+from ibot.eval.checkpoints import LoadedBackbone, load_backbone, load_head, random_backbone  # noqa: E402
+from ibot.eval.cluster import cluster_scores, kmeans_clusters, prototype_assigner  # noqa: E402
+from ibot.eval.features import evaluation_transform, split_features  # noqa: E402
+from ibot.eval.finetune import Finetuner  # noqa: E402
+from ibot.eval.finetune_config import RECIPES, finetune_recipe  # noqa: E402
+from ibot.eval.knn import knn_classify  # noqa: E402
+from ibot.eval.linear import LinearFeatures, default_recipe, train_linear_sweep  # noqa: E402
+
+ABLATIONS = {"none": [], "dino-only": ["loss.lambda2=0"]}
+SMOKE = {"data": "fashion-mnist:subset", "pretrain_epochs": 2, "linear_epochs": 5, "finetune_epochs": 1}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="fashion-mnist", help="dataset spec (the full set needs the IDX files)")
+    p.add_argument("--ablation", choices=sorted(ABLATIONS), default="none",
+                   help="dino-only: pre-train without the masked-patch loss (k-NN and linear only)")
+    p.add_argument("--classes", help="pre-train on these classes only (e.g. 0-4) and score k-NN on the others")
+    b = p.add_argument_group("budget")
+    b.add_argument("--pretrain-epochs", type=int, default=None, help="pre-training epochs (default: the preset's)")
+    b.add_argument("--linear-epochs", type=int, default=30,
+                   help="epochs of the linear sweep on cached features (batch 256)")
+    b.add_argument("--finetune-epochs", type=int, default=None,
+                   help="fine-tuning epochs, pre-trained and from scratch (default: the recipe's)")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--finetune-recipe", choices=sorted(RECIPES), default="short",
+                   help="fine-tuning recipe (ibot.eval.finetune_config)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning peak lr per 256 images "
+                                                                   "(default: the recipe's)")
+    p.add_argument("--pretrain-set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override of the cpu preset (repeatable), e.g. optim.lr=2e-3")
+    p.add_argument("--checkpoint", help="evaluate this pre-training checkpoint instead of pre-training")
+    p.add_argument("--work-dir", default="runs/benchmark_quality", help="pre-training and fine-tuning runs")
+    p.add_argument("--output", default=None, help="results file, merged into (default "
+                                                  "benchmarks/results/quality.json; --smoke: WORK_DIR/quality.json)")
+    p.add_argument("--smoke", action="store_true", help="a few-minute check of every stage on the subset")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            if key == "data" or getattr(args, key) in (None, p.get_default(key)):
+                setattr(args, key, value)
+    if args.output is None:
+        args.output = str(Path(args.work_dir) / "quality.json") if args.smoke \
+            else str(ROOT / "benchmarks" / "results" / "quality.json")
+    if args.classes and args.ablation != "none":
+        p.error("--classes and --ablation are separate runs")
+    return args
+
+
+def parse_classes(spec: str, num_classes: int) -> list[int]:
+    """``0-4`` or ``0,2,4`` -> sorted class ids, each in ``[0, num_classes)``."""
+    ids: set[int] = set()
+    try:
+        for part in spec.split(","):
+            first, _, last = part.partition("-")
+            ids.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise ValueError(f"--classes: expected ranges like 0-4 or 0,2,4, got '{spec}'") from None
+    if not ids or min(ids) < 0 or max(ids) >= num_classes or len(ids) == num_classes:
+        raise ValueError(f"--classes {spec}: give some, not all, of the classes 0-{num_classes - 1}")
+    return sorted(ids)
+
+
+@contextmanager
+def clock(times: dict[str, dict[str, float]], name: str):
+    """Wall and CPU seconds (this process and finished children) of a block."""
+    start_wall, start = time.perf_counter(), os.times()
+    yield
+    end = os.times()
+    cpu = (end.user - start.user) + (end.system - start.system) + (end.children_user - start.children_user) \
+        + (end.children_system - start.children_system)
+    times[name] = {"wall_s": time.perf_counter() - start_wall, "cpu_s": cpu}
+    print(f"[{name}] {times[name]['wall_s']:.0f} s wall, {cpu:.0f} s CPU", flush=True)
+
+
+class Protocols:
+    """Every frozen-feature protocol on one dataset, one transform."""
+
+    def __init__(self, data: str, image_size: int, linear_epochs: int, seed: int) -> None:
+        self.data, self.linear_epochs, self.seed = data, linear_epochs, seed
+        self.transform = evaluation_transform(image_size)
+        self.classes = len(build_dataset(data, "train").classes)
+
+    def features(self, forward, identity: dict[str, Any], kind: str):
+        train = split_features(forward, identity, kind, self.data, "train", self.transform, batch_size=512,
+                                      progress=False)
+        val = split_features(forward, identity, kind, self.data, "val", self.transform, batch_size=512,
+                                      progress=False)
+        return train[0], train[1], val[0], val[1]
+
+    def pixels(self):
+        def gray(x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1].flatten(1)  # (B, 3, 28, 28) gray -> (B, 784)
+
+        return self.features(gray, {"checkpoint": "raw-pixels"}, "pixels")
+
+    def knn(self, train_x, train_y, val_x, val_y) -> dict[str, Any]:
+        results = knn_classify(train_x, train_y, val_x, val_y, ks=(10, 20, 100, 200))
+        return {"top1": results[20]["top1"], "per_k": {str(k): v["top1"] for k, v in results.items()}}
+
+    def linear(self, train_x, train_y, val_x, val_y) -> dict[str, Any]:
+        r = train_linear_sweep(train_x, train_y, val_x, val_y, epochs=self.linear_epochs, batch_size=256,
+                               seed=self.seed, progress=False)
+        return {"top1": r["top1"], "lr": r["lr"]}
+
+    def kmeans(self, val_x, val_y) -> dict[str, float]:
+        return cluster_scores(val_y.numpy(), kmeans_clusters(val_x, self.classes, seed=self.seed))
+
+    def network_features(self, loaded: LoadedBackbone, name: str):
+        """The linear probe's features (official recipe) and, sliced out of them, the final [CLS]."""
+        recipe = LinearFeatures(loaded.backbone.eval(), *default_recipe(loaded.arch))
+        if recipe.avgpool == 1:
+            raise ValueError("the benchmark reads the [CLS] features out of the linear-probe features")
+        feats = self.features(recipe, {**loaded.identity(), "name": name}, recipe.kind)
+        # the last block's [CLS] (through the final norm) is what forward() returns: k-NN's feature
+        dim = loaded.backbone.embed_dim
+        last = slice((recipe.n_last_blocks - 1) * dim, recipe.n_last_blocks * dim)
+        return feats, last
+
+    def network(self, loaded: LoadedBackbone, name: str, kmeans: bool = True) -> dict[str, Any]:
+        """Linear probe, k-NN and k-means (final [CLS]) of a ViT, from one pass."""
+        (train_x, train_y, val_x, val_y), last = self.network_features(loaded, name)
+        out = {"linear": self.linear(train_x, train_y, val_x, val_y),
+               "knn": self.knn(train_x[:, last], train_y, val_x[:, last], val_y)}
+        if kmeans:
+            out["kmeans"] = self.kmeans(val_x[:, last], val_y)
+        return out
+
+
+def restrict(features: tuple, keep: list[int]) -> tuple:
+    """(train_x, train_y, val_x, val_y) of the images whose label is in ``keep``."""
+    train_x, train_y, val_x, val_y = features
+    t, v = torch.isin(train_y, torch.tensor(keep)), torch.isin(val_y, torch.tensor(keep))
+    return train_x[t], train_y[t], val_x[v], val_y[v]
+
+
+def class_subset_folder(data: str, keep: list[int], root: Path) -> Path:
+    """An image-folder copy (``root/train/<class>/<index>.png``) of the train images of classes
+    ``keep``: the pre-training data of ``--classes``. Reused when complete."""
+    base = build_dataset(data, "train")
+    done = root / "complete.json"
+    wanted = {"data": data, "classes": keep, "num_images": len(base)}
+    if done.is_file() and json.loads(done.read_text()) == wanted:
+        return root
+    written = 0
+    for index in range(len(base)):
+        image, label = base[index]
+        if label in keep:
+            folder = root / "train" / base.classes[label].replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f"{index:05d}.png")
+            written += 1
+    done.write_text(json.dumps(wanted))
+    print(f"{written} train images of classes {keep} written to {root}", flush=True)
+    return root
+
+
+def finetune(loaded: LoadedBackbone, data: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    cfg = finetune_recipe(args.finetune_recipe, epochs=args.finetune_epochs, lr=args.finetune_lr,
+                          image_size=loaded.image_size, num_workers=2, seed=args.seed, device="cpu", progress=False)
+    cfg.warmup_epochs = min(cfg.warmup_epochs, cfg.epochs - 1)
+    results = Finetuner(loaded.backbone.train(), loaded.arch, data, cfg, run_dir).fit()
+    return {"top1": results["top1"], "last_top1": results["last_top1"], "epochs": results["epochs"],
+            "recipe": args.finetune_recipe, "curve": [round(r["val_top1"], 2) for r in results["history"]]}
+
+
+def pretrain_config(args: argparse.Namespace, data: str, work: Path):
+    overrides = [f"data.data={data}", f"run.output_dir={work / 'pretrain'}", f"run.seed={args.seed}",
+                 "run.knn_eval=false", "run.progress=false", *ABLATIONS[args.ablation], *args.pretrain_set]
+    if args.pretrain_epochs is not None:
+        warmup = resolve_config("cpu").loss.warmup_teacher_temp_epochs
+        overrides += [f"optim.epochs={args.pretrain_epochs}",
+                      f"loss.warmup_teacher_temp_epochs={min(warmup, args.pretrain_epochs)}"]
+    return resolve_config("cpu", overrides=overrides)
+
+
+def pretrain(cfg, args: argparse.Namespace, times: dict) -> Path:
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    from ibot.train.trainer import Pretrainer
+
+    with clock(times, "pretrain"):
+        Pretrainer(cfg).fit()
+    return Path(cfg.run.output_dir) / CHECKPOINT_NAME
+
+
+def run_main(args, cfg, protocols: Protocols, work: Path, times: dict) -> dict[str, Any]:
+    """Baselines, iBOT (or the ablation) and, for iBOT, fine-tuning from it and from scratch."""
+    m = cfg.model
+    sizes = {k: v for k, v in backbone_kwargs(cfg).items() if k not in ("patch_size", "img_size")}
+    out: dict[str, Any] = {}
+    name = "ibot" if args.ablation == "none" else args.ablation.replace("-", "_")
+    if args.ablation == "none":
+        with clock(times, "raw_pixels"):
+            raw = protocols.pixels()
+            out["raw_pixels"] = {"knn": protocols.knn(*raw), "linear": protocols.linear(*raw),
+                                 "kmeans": protocols.kmeans(raw[2], raw[3])}
+        with clock(times, "random_init"):
+            random_net = random_backbone(m.arch, m.patch_size, cfg.data.global_crops_size, seed=args.seed, **sizes)
+            out["random_init"] = protocols.network(random_net, "random-init")
+    checkpoint = pretrain(cfg, args, times)
+    with clock(times, f"{name}_frozen"):
+        pretrained = load_backbone(checkpoint)
+        out[name] = protocols.network(pretrained, name, kmeans=args.ablation == "none")
+    if args.ablation != "none":
+        return out
+    ids, labels, _ = split_features(prototype_assigner(pretrained.backbone, load_head(checkpoint).eval()),
+                                    pretrained.identity(), "prototype-argmax", args.data, "val",
+                                    protocols.transform, batch_size=512, progress=False)
+    out["ibot"]["prototypes"] = cluster_scores(labels.numpy(), ids[:, 0].long().numpy())
+    drop_path = finetune_recipe(args.finetune_recipe).drop_path
+    with clock(times, "finetune_ibot"):
+        out["ibot"]["finetune"] = finetune(load_backbone(checkpoint, drop_path_rate=drop_path), args.data, args,
+                                           work / "finetune_ibot")
+    with clock(times, "finetune_scratch"):
+        fresh = random_backbone(m.arch, m.patch_size, cfg.data.global_crops_size, seed=args.seed,
+                                drop_path_rate=drop_path, **sizes)
+        out["scratch"] = {"finetune": finetune(fresh, args.data, args, work / "finetune_scratch")}
+    return out
+
+
+def run_unseen(args, protocols: Protocols, work: Path, times: dict) -> dict[str, Any]:
+    """Pre-train on the classes of ``--classes``; k-NN of iBOT features and raw pixels on the others."""
+    seen = parse_classes(args.classes, protocols.classes)
+    unseen = [c for c in range(protocols.classes) if c not in seen]
+    with clock(times, "class_subset"):
+        folder = class_subset_folder(args.data, seen, work / "class_subset")
+    cfg = pretrain_config(args, str(folder), work)
+    checkpoint = pretrain(cfg, args, times)
+    with clock(times, "unseen_knn"):
+        feats, last = protocols.network_features(load_backbone(checkpoint), "ibot-classes-" + args.classes)
+        train_x, train_y, val_x, val_y = restrict(feats, unseen)
+        ibot = protocols.knn(train_x[:, last], train_y, val_x[:, last], val_y)
+        raw = protocols.knn(*restrict(protocols.pixels(), unseen))
+    return {"unseen_classes": {"pretrain_classes": seen, "eval_classes": unseen, "ibot_knn": ibot["top1"],
+                               "raw_knn": raw["top1"], "ibot_knn_per_k": ibot["per_k"],
+                               "raw_knn_per_k": raw["per_k"]}}
+
+
+def flatten(out: dict[str, Any]) -> dict[str, Any]:
+    """``{"ibot": {"knn": {"top1": x, ...}}}`` -> ``{"ibot": {"knn": x, "knn_detail": {...}}}``."""
+    flat: dict[str, Any] = {}
+    for name, row in out.items():
+        flat[name] = {}
+        for key, value in row.items():
+            if isinstance(value, dict) and "top1" in value:
+                flat[name][key] = value["top1"]
+                flat[name][f"{key}_detail"] = value
+            else:
+                flat[name][key] = value
+    return flat
+
+
+def table(results: dict[str, Any]) -> str:
+    def cell(name: str, key: str) -> str:
+        value = results.get(name, {}).get(key)
+        return f"{value:.1f}%" if isinstance(value, (int, float)) else ""
+
+    lines = ["| | k-NN (k = 20) | Lin. | Fin. |", "|---|---|---|---|"]
+    for name, label in (("raw_pixels", "raw pixels"), ("random_init", "random init"), ("scratch", "from scratch"),
+                        ("dino_only", "DINO only (lambda2 = 0)"), ("ibot", "iBOT")):
+        if name in results:
+            lines.append(f"| {label} | {cell(name, 'knn')} | {cell(name, 'linear')} | {cell(name, 'finetune')} |")
+    unseen = results.get("unseen_classes")
+    if unseen:
+        lines.append(f"| unseen classes {unseen['eval_classes']}: iBOT on {unseen['pretrain_classes']} / raw pixels "
+                     f"| {unseen['ibot_knn']:.1f}% / {unseen['raw_knn']:.1f}% | | |")
+    return "\n".join(lines)
+
+
+def checks(results: dict[str, Any]) -> dict[str, bool]:
+    """The comparisons the benchmark exists for, as far as the figures at hand allow."""
+    r, out = results, {}
+    if "ibot" in r and "raw_pixels" in r:
+        for key in ("knn", "linear"):
+            out[f"ibot_{key}_beats_baselines"] = r["ibot"][key] > max(r["raw_pixels"][key], r["random_init"][key])
+        out["finetune_beats_scratch_and_linear"] = r["ibot"]["finetune"] > max(r["scratch"]["finetune"],
+                                                                               r["ibot"]["linear"])
+    if "ibot" in r and "dino_only" in r:
+        out["ibot_beats_dino_only"] = all(r["ibot"][k] > r["dino_only"][k] for k in ("knn", "linear"))
+    if "unseen_classes" in r:
+        out["unseen_features_beat_pixels"] = r["unseen_classes"]["ibot_knn"] > r["unseen_classes"]["raw_knn"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work_dir) / (f"classes_{args.classes}" if args.classes else args.ablation)
+    n_train, n_val = len(build_dataset(args.data, "train")), len(build_dataset(args.data, "val"))
+    print(f"quality benchmark on {args.data}: {n_train} train / {n_val} test images", flush=True)
+    cfg = pretrain_config(args, args.data, work)
+    times: dict[str, dict[str, float]] = {}
+    protocols = Protocols(args.data, cfg.data.global_crops_size, args.linear_epochs, args.seed)
+    out = run_unseen(args, protocols, work, times) if args.classes else run_main(args, cfg, protocols, work, times)
+
+    output = Path(args.output)
+    results = json.loads(output.read_text()) if output.is_file() else {}
+    results.update(flatten(out))
+    run_name = f"classes_{args.classes}" if args.classes else ("ibot" if args.ablation == "none" else args.ablation)
+    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    wall = sum(t["wall_s"] for t in times.values()) / 60
+    results.setdefault("runs", {})[run_name] = {
+        "command": command, "data": args.data, "num_train": n_train, "num_val": n_val,
+        "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs,
+                   "finetune_epochs": args.finetune_epochs, "finetune_recipe": args.finetune_recipe,
+                   "pretrain_set": args.pretrain_set},
+        "wall_minutes": wall, "cpu_minutes": sum(t["cpu_s"] for t in times.values()) / 60, "seconds": times,
+        "machine": _common.machine_info()}
+    if run_name == "ibot":
+        results.update({"wall_minutes": wall, "command": command, "machine": results["runs"]["ibot"]["machine"]})
+    results["checks"] = checks(results)
+    results["table"] = table(results)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(output)
+    print(f"\n{results['table']}\n\nchecks: {results['checks']}\n{run_name}: {wall:.1f} wall minutes, "
+          f"{results['runs'][run_name]['cpu_minutes']:.1f} CPU minutes; written to {output}")
+    return 0 if all(results["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
