@@ -85,7 +85,10 @@ def test_given_only_options_set_what_was_given():
 
 
 @pytest.mark.parametrize("command, expected", [
-    ("finetune", FINETUNE_FLAGS | {"--config", "--print-config"}), ("pretrain", PRETRAIN_FLAGS),
+    # finetune adds its configuration file and the options of the short recipe
+    ("finetune", FINETUNE_FLAGS | {"--config", "--print-config", "--recipe", "--color-jitter", "--head-lr-scale",
+                                   "--head-init-epochs", "--freeze-backbone-epochs"}),
+    ("pretrain", PRETRAIN_FLAGS),
     *((name, EVAL_FLAGS | flags) for name, flags in EVAL_COMMAND_FLAGS.items())])
 def test_the_commands_keep_their_option_strings(command, expected):
     assert option_strings(parser_of(command)) == expected

@@ -92,11 +92,11 @@ def test_resumed_finetuning_matches_an_uninterrupted_run(tmp_path, tiny_run):
 def test_frozen_backbone_epochs_train_the_classifier_only(tmp_path, tiny_run):
     tuner = make_tuner(tmp_path, tiny_run, epochs=2, freeze_backbone_epochs=1, ema=False)
     before = {k: v.clone() for k, v in tuner.model.state_dict().items()}
-    tuner.train_epoch(0)
+    tuner.train_epoch(0, [])
     after = tuner.model.state_dict()
     assert not torch.equal(before["head.weight"], after["head.weight"])
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
-    tuner.train_epoch(1)
+    tuner.train_epoch(1, [])
     assert not torch.equal(before["backbone.blocks.0.attn.qkv.weight"],
                            tuner.model.state_dict()["backbone.blocks.0.attn.qkv.weight"])
 
