@@ -51,11 +51,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # A few epochs on small images (docs/design.md, "Fine-tuning for short budgets"): the official
     # regularisation (mixup, cutmix, RandAugment, erasing, 8%-area crops) is sized for 100-300
     # epochs and keeps a few-epoch run under the linear probe. Here: the classifier is first fitted
-    # on cached frozen features (LP-FT), then everything trains at the official lr with crops of at
-    # least 80% of the image (half-image crops shift a centred 28-px item's features a long way:
-    # cosine 0.62 to the full view's), flips, label smoothing, no drop path, no mixing or erasing.
+    # on cached frozen features (LP-FT), then everything trains at the official lr on the whole
+    # image (aspect-ratio jitter and flips only: half-image crops shift a centred 28-px item's
+    # features a long way, cosine 0.62 to the full view's), label smoothing, no drop path, no mixing
+    # or erasing.
     "short": {"epochs": 10, "warmup_epochs": 1, "head_init_epochs": 30, "drop_path": 0.0, "mixup": 0.0,
-              "cutmix": 0.0, "auto_augment": None, "reprob": 0.0, "min_crop_scale": 0.8, "color_jitter": 0.0},
+              "cutmix": 0.0, "auto_augment": None, "reprob": 0.0, "min_crop_scale": 1.0, "color_jitter": 0.0},
 }
 
 
