@@ -20,7 +20,7 @@ from ibot.commands import COMMANDS, Formatter, load_all
 # how ``ibot --help`` groups the sub-commands; others are listed under "other"
 COMMAND_GROUPS = {
     "pre-training": ("pretrain",),
-    "evaluation": ("knn", "linear", "finetune", "cluster", "semisup"),
+    "evaluation": ("knn", "linear", "finetune", "cluster", "semisup", "segment"),
     "deployment": ("convert", "export", "infer"),
     "inspection": ("visualize", "plot"),
 }

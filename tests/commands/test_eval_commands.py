@@ -139,3 +139,29 @@ def test_user_errors_are_one_line(argv, message, tiny_run, tmp_path, capsys):
     assert main([*argv, "--output-dir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ibot: error:") and message in err[0]
+
+
+@pytest.mark.parametrize("baseline", [None, "raw-pixels", "random-init"])
+def test_segment_command_on_an_ade20k_folder(tiny_run, tmp_path, baseline):
+    import numpy as np
+
+    from tests.data.test_segmentation import make_ade
+
+    rng = np.random.default_rng(0)
+    masks = {split: [rng.integers(0, 4, size=(20, 24)) for _ in range(n)] for split, n in (("training", 6),
+                                                                                           ("validation", 3))}
+    data = make_ade(tmp_path / "ade", masks)
+    argv = ["segment", "-c", str(tiny_run[0]), "--data", str(data), "--output-dir", str(tmp_path / "out"),
+            "--image-size", "16", "--epochs", "2", "--lrs", "1e-3", "1e-2", *QUIET]
+    name = "segment" if baseline is None else f"segment_{baseline.replace('-', '_')}"
+    result = run_json(argv + (["--baseline", baseline] if baseline else []), tmp_path / "out" / f"{name}.json")
+    assert (result["num_train"], result["num_val"], result["image_size"]) == (6, 3, 16)
+    assert result["feature_dim"] == (48 if baseline == "raw-pixels" else 32)  # 3 x 4 x 4 pixels, or the width
+    assert len(result["per_class_iou"]) == 150 and 0 <= result["miou"] <= 100 and result["lr"] in (1e-3, 1e-2)
+    assert read_metadata(tmp_path / "out" / f"{name}_head.safetensors")["kind"] == "linear_head"
+
+
+def test_segment_command_refuses_sizes_off_the_token_grid(tiny_run, tmp_path, capsys):
+    assert main(["segment", "-c", str(tiny_run[0]), "--image-size", "18", "--output-dir", str(tmp_path), *QUIET]) == 2
+    assert capsys.readouterr().err.strip() == ("ibot: error: --image-size 18 must be a positive multiple of the "
+                                               "token stride 4")
