@@ -1,11 +1,12 @@
 """iBOT: Image BERT pre-training with online tokenizer.
 
-The Python API (:mod:`ibot.api`): ``load_backbone``, ``extract_features``, ``knn_classify``.
+The Python API (:mod:`ibot.api`): ``load_backbone``, ``extract_features``, ``extract_patch_features``,
+``knn_classify``.
 """
 
 __version__ = "0.1.0"
 
-API = ("extract_features", "knn_classify", "load_backbone")
+API = ("extract_features", "extract_patch_features", "knn_classify", "load_backbone")
 __all__ = [*API, "__version__"]
 
 

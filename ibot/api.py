@@ -1,5 +1,5 @@
-"""The Python API, exported by ``ibot``: a backbone from a checkpoint, its features for images,
-and weighted k-NN on them (the same code as ``ibot knn``)::
+"""The Python API, exported by ``ibot``: a backbone from a checkpoint, its [CLS] or patch features
+for images, and weighted k-NN on them (the same code as ``ibot knn``)::
 
     import ibot
 
@@ -12,7 +12,7 @@ and weighted k-NN on them (the same code as ``ibot knn``)::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from ibot.eval.knn import knn_classify
 
-__all__ = ["extract_features", "knn_classify", "load_backbone"]
+__all__ = ["extract_features", "extract_patch_features", "knn_classify", "load_backbone"]
 
 ImageInput = str | Path | Image.Image
 
@@ -69,6 +69,32 @@ def trained_image_size(backbone: nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+def _extract(name: str, desc: str, forward: Callable[[torch.Tensor], torch.Tensor], backbone: nn.Module,
+             images: str | Path | Sequence[ImageInput], split: str, image_size: int | None, batch_size: int,
+             num_workers: int, device: torch.device | str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward`` (on ``backbone``, moved to ``device``) over the images of a dataset spec or a list,
+    through the evaluation transform: what :func:`extract_features` and
+    :func:`extract_patch_features` share. ``name`` is the caller's, for its messages; ``desc`` labels
+    the progress bar."""
+    from ibot.data.datasets import build_dataset, format_skipped
+    from ibot.eval.features import EvalDataset, evaluation_transform
+    from ibot.eval.features import extract_features as extract
+
+    is_list = not isinstance(images, (str, Path))
+    if is_list and len(images) == 0:
+        raise ValueError(f"{name}: the list of images is empty")
+    base = _ImageList(images) if is_list else build_dataset(str(images), split=split)
+    dataset = EvalDataset(base, evaluation_transform(image_size or trained_image_size(backbone)))
+    backbone.to(device).eval()
+    features, labels, skipped = extract(forward, dataset, batch_size=batch_size, num_workers=num_workers,
+                                        device=device, desc=desc, progress=progress)
+    if skipped and is_list:
+        raise ValueError(f"unreadable image: {skipped[0]}")
+    if skipped:
+        warnings.warn(format_skipped(len(skipped), skipped[0]), stacklevel=3)
+    return features, labels
+
+
 def extract_features(backbone: nn.Module, images: str | Path | Sequence[ImageInput], split: str = "train",
                      image_size: int | None = None, batch_size: int = 64, num_workers: int = 0,
                      device: torch.device | str = "cpu", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,20 +108,24 @@ def extract_features(backbone: nn.Module, images: str | Path | Sequence[ImageInp
     row i is image i. ``image_size`` defaults to the size the backbone was trained on. The
     backbone is moved to ``device``.
     """
-    from ibot.data.datasets import build_dataset, format_skipped
-    from ibot.eval.features import EvalDataset, evaluation_transform
-    from ibot.eval.features import extract_features as extract
+    return _extract("extract_features", "features", backbone, backbone, images, split, image_size, batch_size,
+                    num_workers, device, progress)
 
-    is_list = not isinstance(images, (str, Path))
-    if is_list and len(images) == 0:
-        raise ValueError("extract_features: the list of images is empty")
-    base = _ImageList(images) if is_list else build_dataset(str(images), split=split)
-    dataset = EvalDataset(base, evaluation_transform(image_size or trained_image_size(backbone)))
-    backbone = backbone.to(device).eval()
-    features, labels, skipped = extract(backbone, dataset, batch_size=batch_size, num_workers=num_workers,
-                                        device=device, desc="features", progress=progress)
-    if skipped and is_list:
-        raise ValueError(f"unreadable image: {skipped[0]}")
-    if skipped:
-        warnings.warn(format_skipped(len(skipped), skipped[0]), stacklevel=2)
-    return features, labels
+
+def extract_patch_features(backbone: nn.Module, images: str | Path | Sequence[ImageInput], split: str = "train",
+                           image_size: int | None = None, n_last_blocks: int = 1, batch_size: int = 64,
+                           num_workers: int = 0, device: torch.device | str = "cpu",
+                           progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features, labels)`` as :func:`extract_features` takes and gives them, but the features
+    are the patch tokens (N, h, w, D * n_last_blocks) of :func:`ibot.models.tokens.patch_tokens`:
+    the last ``n_last_blocks`` blocks' tokens on the ``image_size / mask_stride`` grid, each
+    through the final norm, concatenated along the last axis."""
+    from ibot.models.tokens import check_dense_size, patch_tokens
+
+    size = image_size or trained_image_size(backbone)
+    check_dense_size(backbone, size, size)
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return patch_tokens(backbone, x, n_last_blocks)
+
+    return _extract("extract_patch_features", "patch features", forward, backbone, images, split, size, batch_size,
+                    num_workers, device, progress)

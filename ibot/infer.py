@@ -4,7 +4,8 @@ The model carries its preprocessing in its ONNX metadata (:class:`Preprocess`), 
 PIL and numpy exactly as the evaluation transform does it in PyTorch: resize the short side to
 ``resize_size`` (bicubic), centre-crop ``image_size``, scale to [0, 1], normalise by mean / std.
 Images of any size and mode (RGB, grayscale, RGBA, palette, 16-bit) are accepted; a file that
-cannot be decoded is reported and skipped.
+cannot be decoded is reported and skipped. A features model exported with ``--tokens patch`` or
+``all`` also gives the patch tokens (N, h, w, D), written beside the [CLS] features.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ __all__ = [
     "InferenceResult",
     "Preprocess",
     "find_images",
+    "patch_file",
     "preprocess",
     "read_model_info",
+    "read_tokens",
     "run_inference",
     "top_k",
     "write_results",
@@ -35,6 +38,8 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 META_PREFIX = "ibot."  # keys of the ONNX metadata_props written by ibot.export
+TOKENS = ("cls", "patch", "all")  # ibot.models.tokens.TOKEN_CHOICES, without importing torch
+PATCH_OUTPUT = "patch_tokens"  # the name of the patch-token output of an exported backbone
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,20 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 
 @dataclass
 class InferenceResult:
-    """Outputs in the order of ``files``; ``skipped`` holds ``(file, reason)`` of unreadable images."""
+    """Outputs in the order of ``files``; ``skipped`` holds ``(file, reason)`` of unreadable images.
+
+    ``outputs`` is the model's first output, what ``OUT.npy`` holds: (N, D) [CLS] features,
+    (N, C) logits, or for a model exported with ``--tokens patch`` the patch tokens (N, h, w, D);
+    ``patch_outputs`` holds the patch tokens of a model that has them (``tokens`` patch or all)."""
 
     kind: str  # "features" or "classifier"
     files: list[str]
-    outputs: np.ndarray  # (N, D) features or (N, C) logits
+    outputs: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
     class_names: list[str] | None = None
+    patch_outputs: np.ndarray | None = None  # (N, h, w, D)
+    tokens: str = "cls"  # "cls", "patch" or "all" (ibot export --tokens)
+    grid: tuple[int, int] | None = None  # (h, w) of the patch tokens, when the model records it
 
 
 # ------------------------------------------------------------------------------ images
@@ -122,6 +134,22 @@ def read_model_info(metadata: dict[str, str], model_path: str | Path = "model") 
     return kind, spec, json.loads(names) if names else None
 
 
+def read_tokens(metadata: dict[str, str], model_path: str | Path = "model") -> tuple[str, tuple[int, int] | None]:
+    """``(tokens, (h, w) grid or None)`` of an exported model; one exported before ``--tokens``
+    existed gives ``("cls", None)``."""
+    tokens = metadata.get(f"{META_PREFIX}tokens", "cls")
+    if tokens not in TOKENS:
+        raise ValueError(f"{model_path}: unknown tokens {tokens!r} in its metadata")
+    grid = metadata.get(f"{META_PREFIX}grid")
+    if grid is None:
+        return tokens, None
+    try:
+        h, w = json.loads(grid)
+        return tokens, (int(h), int(w))
+    except (TypeError, ValueError):
+        raise ValueError(f"{model_path}: unreadable token grid {grid!r} in its metadata") from None
+
+
 def _session(model_path: Path):
     import onnxruntime as ort
 
@@ -146,17 +174,23 @@ def run_inference(model_path: str | Path, inputs: str | Path | Sequence[str | Pa
     files = find_images(inputs) if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     model_path = Path(model_path)
     session = _session(model_path)
-    kind, spec, class_names = read_model_info(session.get_modelmeta().custom_metadata_map, model_path)
+    metadata = session.get_modelmeta().custom_metadata_map
+    kind, spec, class_names = read_model_info(metadata, model_path)
+    tokens, grid = read_tokens(metadata, model_path)
     input_name = session.get_inputs()[0].name
+    names = [out.name for out in session.get_outputs()]
+    if tokens != "cls" and PATCH_OUTPUT not in names:
+        raise ValueError(f"{model_path}: its metadata says tokens {tokens!r} but it has no {PATCH_OUTPUT} output")
 
     kept: list[str] = []
-    outputs: list[np.ndarray] = []
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in names}
     skipped: list[tuple[str, str]] = []
     batch: list[np.ndarray] = []
 
     def flush() -> None:
-        if batch:
-            outputs.append(session.run(None, {input_name: np.stack(batch)})[0])  # (b, 3, S, S) -> (b, D)
+        if batch:  # (b, 3, S, S) -> (b, D) features or logits and / or (b, h, w, D) patch tokens
+            for name, out in zip(names, session.run(None, {input_name: np.stack(batch)})):
+                outputs[name].append(out)
             batch.clear()
 
     for path in progress_bar(files, desc="infer", unit="img", disable=not progress):
@@ -173,7 +207,10 @@ def run_inference(model_path: str | Path, inputs: str | Path | Sequence[str | Pa
     flush()
     if not kept:
         raise ValueError(f"no readable image among the {len(files)} input file(s)")
-    return InferenceResult(kind, kept, np.concatenate(outputs).astype(np.float32), skipped, class_names)
+    arrays = {name: np.concatenate(parts).astype(np.float32) for name, parts in outputs.items()}
+    return InferenceResult(kind, kept, arrays[names[0]], skipped, class_names,
+                           patch_outputs=arrays.get(PATCH_OUTPUT) if tokens != "cls" else None, tokens=tokens,
+                           grid=grid)
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -195,20 +232,34 @@ def _predictions(result: InferenceResult) -> list[dict[str, Any]]:
             for f, row_idx, row_p in zip(result.files, index, probs)]
 
 
+def patch_file(output: str | Path) -> Path:
+    """Where ``write_results`` puts the patch tokens of a ``--tokens all`` model: ``OUT_patch.npy``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_patch.npy")
+
+
 def write_results(result: InferenceResult, output: str | Path) -> list[Path]:
-    """Write features / logits as ``.npy`` (+ ``<name>.json`` listing the files), or a classifier's
-    top-5 predictions as ``.json`` / ``.csv``. Returns the files written."""
+    """Write features / logits as ``.npy`` (+ ``<name>.json`` listing the files, the tokens and
+    their grid), or a classifier's top-5 predictions as ``.json`` / ``.csv``. ``OUT.npy`` holds
+    ``result.outputs`` (the patch tokens of a ``--tokens patch`` model); a ``--tokens all`` model
+    writes its patch tokens to ``OUT_patch.npy`` too. Returns the files written."""
     output = Path(output)
     suffix = output.suffix.lower()
     output.parent.mkdir(parents=True, exist_ok=True)
     skipped = [{"file": f, "reason": why} for f, why in result.skipped]
     if suffix == ".npy":
         np.save(output, result.outputs)
+        written = [output]
+        info: dict[str, Any] = {"kind": result.kind, "shape": list(result.outputs.shape), "tokens": result.tokens,
+                                "grid": list(result.grid) if result.grid else None}
+        if result.tokens == "all" and result.patch_outputs is not None:
+            written.append(patch_file(output))
+            np.save(written[-1], result.patch_outputs)
+            info.update(patch_file=written[-1].name, patch_shape=list(result.patch_outputs.shape))
         index = output.with_suffix(".json")
-        index.write_text(json.dumps({"kind": result.kind, "shape": list(result.outputs.shape),
-                                     "files": result.files, "class_names": result.class_names,
+        index.write_text(json.dumps({**info, "files": result.files, "class_names": result.class_names,
                                      "skipped": skipped}, indent=2))
-        return [output, index]
+        return [*written, index]
     if suffix not in (".json", ".csv"):
         raise ValueError(f"--output {output}: use a .npy, .json or .csv file")
     if result.kind != "classifier":

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from ibot.config import resolve_config
-from ibot.export import compare_with_onnx, export_checkpoint, export_onnx, load_exportable
+from ibot.export import compare_with_onnx, export_checkpoint, export_onnx, load_exportable, output_shapes
 from ibot.formats.ours import prefixed, save_checkpoint
-from ibot.infer import Preprocess, read_model_info
+from ibot.infer import TOKENS, Preprocess, read_model_info, read_tokens
 from ibot.models import build_backbone
+from ibot.models.tokens import TOKEN_CHOICES, TokenOutputs, patch_tokens
 from tests.tiny import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
 
 TINY = [*TINY_MODEL_OVERRIDES, *TINY_CROP_OVERRIDES]
@@ -132,3 +133,74 @@ def test_classifier_from_a_finetune_checkpoint(tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(_run(tmp_path / "classifier.onnx", images), expected, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="fine-tuning checkpoint: export it with --kind classifier"):
         load_exportable(out / "checkpoint.safetensors")
+
+
+# ------------------------------------------------------------------------------ patch tokens
+def _run_all(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [out.name for out in session.get_outputs()]
+    return dict(zip(names, session.run(None, {"images": images})))
+
+
+@pytest.mark.parametrize("tokens", ["patch", "all"])
+def test_patch_tokens_match_pytorch_with_dynamic_batch(tiny_checkpoint, tmp_path, tokens):
+    report = export_checkpoint(tiny_checkpoint, tmp_path / "m.onnx", tokens=tokens)
+    assert report["max_abs_diff"] < 1e-4 and report["same_top1"]
+    assert report["tokens"] == tokens and report["grid"] == [4, 4]  # 16 px, patch 4
+    names = TokenOutputs(torch.nn.Identity(), tokens).output_names
+    assert list(report["outputs"]) == names and report["outputs"]["patch_tokens"] == ["batch", 4, 4, 32]
+    backbone = load_exportable(tiny_checkpoint).model
+    rng = np.random.default_rng(1)
+    for batch in (1, 3):  # traced with a batch of 2
+        images = rng.standard_normal((batch, 3, 16, 16)).astype(np.float32)
+        got = _run_all(tmp_path / "m.onnx", images)
+        assert list(got) == names and got["patch_tokens"].shape == (batch, 4, 4, 32)
+        with torch.no_grad():
+            x = torch.from_numpy(images)
+            np.testing.assert_allclose(got["patch_tokens"], patch_tokens(backbone, x).numpy(), atol=1e-4, rtol=0)
+            if tokens == "all":
+                np.testing.assert_allclose(got["features"], backbone(x).numpy(), atol=1e-4, rtol=0)
+
+
+def test_token_metadata_is_read_back(tiny_checkpoint, tmp_path):
+    export_checkpoint(tiny_checkpoint, tmp_path / "p.onnx", tokens="patch", image_size=24, verify=False)
+    export_checkpoint(tiny_checkpoint, tmp_path / "c.onnx", verify=False)
+    for name, expected in (("p.onnx", ("patch", (6, 6))), ("c.onnx", ("cls", (4, 4)))):
+        meta = {p.key: p.value for p in onnx.load(str(tmp_path / name)).metadata_props}
+        assert read_tokens(meta) == expected
+        assert json.loads(meta["ibot.grid"]) == list(expected[1]) and read_model_info(meta)[0] == "features"
+    assert output_shapes(tmp_path / "p.onnx") == {"patch_tokens": ["batch", 6, 6, 32]}
+    assert output_shapes(tmp_path / "c.onnx") == {"features": ["batch", 32]}
+
+
+def test_compare_with_onnx_reads_every_output(tiny_checkpoint, tmp_path):
+    export_checkpoint(tiny_checkpoint, tmp_path / "all.onnx", tokens="all", verify=False)
+    backbone = load_exportable(tiny_checkpoint).model
+
+    class ShiftedPatches(torch.nn.Module):  # right [CLS], patch tokens off by 1
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            cls, patches = TokenOutputs(backbone, "all")(x)
+            return cls, patches + 1.0
+
+    images = np.random.default_rng(4).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    diff, same_top1 = compare_with_onnx(ShiftedPatches(), tmp_path / "all.onnx", images)
+    assert diff == pytest.approx(1.0, abs=1e-4) and same_top1
+    with pytest.raises(ValueError, match="has 2 outputs, the PyTorch model 1"):
+        compare_with_onnx(backbone, tmp_path / "all.onnx", images)
+
+
+def test_tokens_other_than_cls_are_refused_for_a_classifier(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="--tokens patch needs --kind features") as caught:
+        export_checkpoint(tiny_checkpoint, tmp_path / "m.onnx", kind="classifier", tokens="patch")
+    assert "\n" not in str(caught.value)
+    classifier = torch.nn.Sequential(build_backbone("vit_tiny", patch_size=4, img_size=16, depth=1, embed_dim=32,
+                                                    num_heads=2), torch.nn.Linear(32, 3))
+    with pytest.raises(ValueError, match="--tokens all needs --kind features"):
+        export_onnx(classifier, tmp_path / "m.onnx", Preprocess(16, 16), kind="classifier", tokens="all")
+    with pytest.raises(ValueError, match="--tokens must be one of cls, patch, all"):
+        export_checkpoint(tiny_checkpoint, tmp_path / "m.onnx", tokens="dense")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_inference_knows_every_token_choice():
+    assert TOKENS == TOKEN_CHOICES  # ibot.infer spells them out to stay torch-free

@@ -15,9 +15,10 @@ from PIL import Image
 from ibot.data.transforms import eval_transform
 from ibot.export import export_onnx
 from ibot.image_io import load_rgb
-from ibot.infer import (Preprocess, find_images, preprocess, read_model_info, run_inference, top_k,
+from ibot.infer import (Preprocess, find_images, preprocess, read_model_info, read_tokens, run_inference, top_k,
                         write_results)
 from ibot.models import build_backbone
+from ibot.models.tokens import patch_tokens
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -42,8 +43,10 @@ def models(tmp_path_factory) -> dict:
     spec = Preprocess(image_size=16, resize_size=18)
     export_onnx(backbone, out / "features.onnx", spec)
     export_onnx(classifier, out / "classifier.onnx", spec, kind="classifier", class_names=CLASSES)
+    for tokens in ("patch", "all"):
+        export_onnx(backbone, out / f"{tokens}.onnx", spec, tokens=tokens)
     return {"features": (backbone, out / "features.onnx"), "classifier": (classifier, out / "classifier.onnx"),
-            "spec": spec}
+            "patch": (backbone, out / "patch.onnx"), "all": (backbone, out / "all.onnx"), "spec": spec}
 
 
 @pytest.fixture
@@ -121,6 +124,67 @@ def test_features_written_as_npy_with_index(models, image_folder, tmp_path):
         write_results(result, tmp_path / "features.csv")
     with pytest.raises(ValueError, match=".npy, .json or .csv"):
         write_results(result, tmp_path / "features.txt")
+
+
+def _expected_patches(backbone: torch.nn.Module, files: list[str], spec: Preprocess) -> np.ndarray:
+    batch = torch.from_numpy(np.stack([preprocess(load_rgb(f), spec) for f in files]))
+    with torch.no_grad():
+        return patch_tokens(backbone, batch).numpy()
+
+
+def test_patch_tokens_written_as_npy(models, image_folder, tmp_path):
+    backbone, path = models["patch"]
+    result = run_inference(path, image_folder, batch_size=3, progress=False)
+    assert (result.tokens, result.grid) == ("patch", (4, 4)) and result.outputs.shape == (4, 4, 4, 32)
+    np.testing.assert_allclose(result.patch_outputs, _expected_patches(backbone, result.files, models["spec"]),
+                               atol=1e-4, rtol=0)
+    written = write_results(result, tmp_path / "tokens.npy")
+    assert [p.name for p in written] == ["tokens.npy", "tokens.json"]
+    np.testing.assert_array_equal(np.load(written[0]), result.patch_outputs)
+    index = json.loads(written[1].read_text())
+    assert (index["tokens"], index["grid"], index["shape"]) == ("patch", [4, 4], [4, 4, 4, 32])
+    assert "patch_file" not in index and index["files"] == result.files
+
+
+def test_cls_and_patch_tokens_written_side_by_side(models, image_folder, tmp_path):
+    backbone, path = models["all"]
+    result = run_inference(path, image_folder, batch_size=3, progress=False)
+    cls_only = run_inference(models["features"][1], image_folder, progress=False)
+    assert (result.tokens, result.grid) == ("all", (4, 4))
+    np.testing.assert_allclose(result.outputs, cls_only.outputs, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(result.patch_outputs, _expected_patches(backbone, result.files, models["spec"]),
+                               atol=1e-4, rtol=0)
+    written = write_results(result, tmp_path / "out" / "features.npy")
+    assert [p.name for p in written] == ["features.npy", "features_patch.npy", "features.json"]
+    assert np.load(written[0]).shape == (4, 32) and np.load(written[1]).shape == (4, 4, 4, 32)
+    np.testing.assert_array_equal(np.load(written[1]), result.patch_outputs)
+    index = json.loads(written[2].read_text())
+    assert (index["tokens"], index["grid"], index["patch_file"]) == ("all", [4, 4], "features_patch.npy")
+    assert index["shape"] == [4, 32] and index["patch_shape"] == [4, 4, 4, 32]
+
+
+def test_model_exported_before_tokens_reads_as_cls(models, image_folder, tmp_path):
+    import onnx
+
+    model = onnx.load(str(models["features"][1]))
+    kept = {p.key: p.value for p in model.metadata_props if p.key not in ("ibot.tokens", "ibot.grid")}
+    assert len(kept) == len(model.metadata_props) - 2  # the new export does write both
+    onnx.helper.set_model_props(model, kept)
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    assert read_tokens(kept) == ("cls", None) and read_model_info(kept)[0] == "features"
+    result = run_inference(tmp_path / "old.onnx", image_folder, progress=False)
+    assert (result.tokens, result.grid, result.patch_outputs) == ("cls", None, None)
+    assert result.outputs.shape == (4, 32)
+    written = write_results(result, tmp_path / "old.npy")
+    index = json.loads(written[1].read_text())
+    assert len(written) == 2 and (index["tokens"], index["grid"]) == ("cls", None)
+
+
+def test_bad_token_metadata_is_refused():
+    with pytest.raises(ValueError, match="unknown tokens 'dense'"):
+        read_tokens({"ibot.tokens": "dense"}, "m.onnx")
+    with pytest.raises(ValueError, match="unreadable token grid"):
+        read_tokens({"ibot.tokens": "patch", "ibot.grid": "[4]"}, "m.onnx")
 
 
 def test_classifier_top5_as_json_and_csv(models, image_folder, tmp_path):

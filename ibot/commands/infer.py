@@ -10,8 +10,9 @@ from ibot.commands import add_output_file, command
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="a model written by 'ibot export'")
     p.add_argument("input", metavar="INPUT", help="an image file, or a folder searched recursively for images")
-    add_output_file(p, "features: .npy (+ .json index of files); classifier: top-5 as .json or .csv "
-                       "(default: features.npy / predictions.json)")
+    add_output_file(p, "features: .npy (+ .json index of files; a model exported with --tokens all writes its "
+                       "patch tokens to OUT_patch.npy, --tokens patch to OUT.npy); classifier: top-5 as .json or "
+                       ".csv (default: features.npy / predictions.json)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

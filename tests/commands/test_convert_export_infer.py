@@ -135,6 +135,30 @@ def test_export_then_infer_on_real_files(tmp_path, capsys):
     assert features.shape == (3, 32) and [Path(f).name for f in index["files"]] == ["gray.png", "rgb.jpg", "rgba.png"]
 
 
+def test_export_all_tokens_then_infer_writes_both(tmp_path, capsys):
+    checkpoint = write_tiny_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    model = tmp_path / "model.onnx"
+    assert main(["export", "-c", str(checkpoint), "-o", str(model), "--tokens", "all", "--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "outputs features (batch, 32), patch_tokens (batch, 4, 4, 32)" in out and "token grid 4x4" in out
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "out" / "f.npy"
+    assert main(["infer", str(model), str(images), "-o", str(out), "--no-progress"]) == 0
+    assert "f_patch.npy" in capsys.readouterr().out
+    assert np.load(out).shape == (3, 32) and np.load(tmp_path / "out" / "f_patch.npy").shape == (3, 4, 4, 32)
+    assert json.loads(out.with_suffix(".json").read_text())["patch_file"] == "f_patch.npy"
+
+
+def test_export_classifier_with_patch_tokens_is_one_line_error(tmp_path, capsys):
+    checkpoint = write_tiny_checkpoint(tmp_path / "checkpoint.safetensors")
+    argv = ["export", "-c", str(checkpoint), "-o", str(tmp_path / "m.onnx"), "--kind", "classifier", "--tokens", "patch"]
+    assert main(argv) == 2
+    assert "--tokens patch needs --kind features" in _one_error_line(capsys)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["convert", "{tmp}/missing.pth", "-o", "{tmp}/out.safetensors", "--arch", "vit_small"], "missing.pth"),
     (["convert", "{tmp}/model.onnx", "-o", "{tmp}/out.pth"], "out.pth must end in .safetensors"),
