@@ -46,6 +46,7 @@ __all__ = [
     "HoldoutSplit",
     "build_dataset",
     "collate_skip_corrupt",
+    "dataset_labels",
     "format_skipped",
     "load_rgb",
     "safe_getitem",
@@ -229,6 +230,18 @@ def build_dataset(spec: str, split: str = "train", holdout: Holdout | None = Non
     if not spec:
         raise ValueError("empty dataset spec")
     return _image_folder(spec, split)
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """The label of every image of a :func:`build_dataset` dataset: its ``targets`` or ``labels``
+    (STL-10) when it has them, else read item by item (decoding the images)."""
+    for name in ("targets", "labels"):
+        labels = getattr(dataset, name, None)
+        if labels is not None and len(labels) == len(dataset):
+            return np.asarray(labels, dtype=np.int64)
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
 
 
 def val_split_problem(spec: str) -> str | None:

@@ -130,13 +130,14 @@ def random_backbone(arch: str, patch_size: int, image_size: int, seed: int = 0, 
     return LoadedBackbone(backbone.eval(), arch, patch_size, image_size, None, build_kwargs=kwargs)
 
 
-def load_head(path: str | Path, key: str = "teacher") -> nn.Module:
-    """The ``key`` pre-training head (``IBOTHead``) of our checkpoint or an official full one."""
+def load_head(path: str | Path, key: str = "teacher", needed_by: str = "prototype clustering") -> nn.Module:
+    """The ``key`` pre-training head (``IBOTHead``) of our checkpoint or an official full one;
+    ``needed_by`` names what needs it in the error for a file without one."""
     from ibot import hub
 
     check_key(key)
     _, state = hub.network_state(path, key)
     if not state:
-        raise ValueError(f"{path} holds no '{key}' head (a backbone-only file?); prototype clustering needs "
+        raise ValueError(f"{path} holds no '{key}' head (a backbone-only file?); {needed_by} needs "
                          "a full checkpoint")
     return hub.head_from_file(path, key, **infer_head_kwargs(state))

@@ -4,10 +4,12 @@ Each patch is described by its final normed token, L2-normalised; two patches co
 each is the other's nearest neighbour by cosine similarity (mutual nearest neighbours). The
 ``top_k`` most similar pairs are drawn as lines across the two images side by side. With a ViT,
 the matching can be limited to the foreground: the patches holding most of the [CLS] attention.
+Pairs can also be drawn from a dataset: two different images of one class (:func:`same_class_pairs`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ibot.visualize.grid import Cell, GridLayout, grid_figure, save_png
 from ibot.image_io import load_rgb
+from ibot.models.tokens import patch_tokens
+from ibot.visualize.grid import Cell, GridLayout, grid_figure, save_png
 from ibot.visualize.images import display_scale, fit_to_patches, to_tensor, upscale
 
 LINE_COLORS = "rainbow"
@@ -28,12 +31,7 @@ LINE_COLORS = "rainbow"
 @torch.no_grad()
 def patch_features(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Unit-length patch tokens: images (B, 3, H, W) -> (B, H / s, W / s, D), ``s`` the mask stride."""
-    stride = backbone.mask_stride
-    b, _, height, width = images.shape
-    if height % stride or width % stride:
-        raise ValueError(f"image size {height}x{width} is not a multiple of the backbone's stride {stride}")
-    tokens = backbone(images, return_all_tokens=True)[:, 1:]  # (B, 1 + N, D) -> (B, N, D)
-    return F.normalize(tokens.float(), dim=-1).reshape(b, height // stride, width // stride, -1)
+    return F.normalize(patch_tokens(backbone, images).float(), dim=-1)
 
 
 @dataclass
@@ -127,16 +125,43 @@ def save_correspondence(result: Correspondence, path: str | Path, title: str = "
     return save_png(fig, path), layout, ends[0], ends[1]
 
 
-def visualize_correspondence(backbone: nn.Module, path_a: str | Path, path_b: str | Path, output: str | Path,
-                             image_size: int, top_k: int = 20, foreground: float | None = None) -> Correspondence:
-    """Read two images, match their patches, draw the matches to ``output`` (PNG)."""
-    result = correspond(backbone, load_rgb(path_a), load_rgb(path_b), image_size, top_k, foreground)
+def draw_correspondence(backbone: nn.Module, image_a: Image.Image, image_b: Image.Image, output: str | Path,
+                        image_size: int, top_k: int = 20, foreground: float | None = None,
+                        names: tuple[str, str] = ("A", "B")) -> Correspondence:
+    """Match the patches of two images, draw the matches to ``output`` (PNG) under a title naming them."""
+    result = correspond(backbone, image_a, image_b, image_size, top_k, foreground)
     m = result.matches
     if len(m.similarity):
         detail = f"cosine {float(m.similarity.min()):.2f} to {float(m.similarity.max()):.2f}"
     else:
         detail = "none found"
     where = "" if foreground is None else f" in the {foreground:.0%}-attention foreground"
-    save_correspondence(result, output, f"{Path(path_a).name} - {Path(path_b).name}: top {len(m.similarity)} of "
+    save_correspondence(result, output, f"{names[0]} - {names[1]}: top {len(m.similarity)} of "
                                         f"{m.num_mutual} mutual nearest patches{where} ({detail})")
     return result
+
+
+def visualize_correspondence(backbone: nn.Module, path_a: str | Path, path_b: str | Path, output: str | Path,
+                             image_size: int, top_k: int = 20, foreground: float | None = None) -> Correspondence:
+    """Read two images, match their patches, draw the matches to ``output`` (PNG)."""
+    return draw_correspondence(backbone, load_rgb(path_a), load_rgb(path_b), output, image_size, top_k, foreground,
+                               (Path(path_a).name, Path(path_b).name))
+
+
+def same_class_pairs(labels: Sequence[int], num_pairs: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """``num_pairs`` seeded ``(label, index a, index b)``: a class drawn uniformly among those with
+    two images or more (negative labels are unlabelled), then two different images of it."""
+    if num_pairs < 1:
+        raise ValueError(f"--pairs must be at least 1, got {num_pairs}")
+    labels = np.asarray(labels)
+    members = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels) if c >= 0}
+    classes = sorted(c for c, found in members.items() if len(found) >= 2)
+    if not classes:
+        raise ValueError("no class of the dataset has two images to pair")
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(num_pairs):
+        label = classes[int(rng.integers(len(classes)))]
+        a, b = rng.choice(members[label], size=2, replace=False)
+        pairs.append((label, int(a), int(b)))
+    return pairs

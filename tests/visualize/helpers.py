@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ibot.build import build_head
 from ibot.config import get_preset
 from ibot.formats.ours import prefixed, save_checkpoint
 from ibot.hub import backbone_kwargs_from_config
@@ -51,8 +52,9 @@ def bright_patch_image() -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def tiny_checkpoint(path: Path, preset: str = "cpu", **model: int) -> Path:
-    """One of our checkpoints holding a random teacher backbone of ``preset`` made tiny.
+def tiny_checkpoint(path: Path, preset: str = "cpu", head: bool = False, **model: int) -> Path:
+    """One of our checkpoints holding a random teacher backbone of ``preset`` made tiny (and with
+    ``head``, the teacher's head).
 
     ``model`` overrides ``model.*`` sizes (ViT default: depth 1, width 16, 2 heads)."""
     cfg = get_preset(preset)
@@ -66,8 +68,10 @@ def tiny_checkpoint(path: Path, preset: str = "cpu", **model: int) -> Path:
     arch, patch_size, kwargs = backbone_kwargs_from_config(tree)
     torch.manual_seed(0)
     backbone = build_backbone(arch, patch_size=patch_size, **kwargs)
-    return save_checkpoint(path, prefixed("teacher.backbone.", backbone.state_dict()),
-                           {"config": tree, "epoch": 0, "step": 0}, kind="pretrain")
+    tensors = prefixed("teacher.backbone.", backbone.state_dict())
+    if head:
+        tensors.update(prefixed("teacher.head.", build_head(cfg, backbone.embed_dim, student=False).state_dict()))
+    return save_checkpoint(path, tensors, {"config": tree, "epoch": 0, "step": 0}, kind="pretrain")
 
 
 def noise_image(path: Path, size: tuple[int, int] = (28, 28), mode: str = "RGB", seed: int = 0) -> Path:

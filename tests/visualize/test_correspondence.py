@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ibot.cli import main
+from ibot.data.datasets import build_dataset, dataset_labels
 from ibot.models import build_backbone
-from ibot.visualize.correspondence import correspond, mutual_nearest_neighbours, patch_features, save_correspondence
+from ibot.visualize.correspondence import (
+    correspond,
+    mutual_nearest_neighbours,
+    patch_features,
+    same_class_pairs,
+    save_correspondence,
+)
+from tests.test_cli_errors import one_line_error
+from tests.train.helpers import make_image_folder
 from tests.visualize.helpers import BRIGHT, SIDE, bright_patch_image, noise_image, pointing_vit, tiny_checkpoint
 
 
@@ -81,3 +94,58 @@ def test_command_writes_the_picture(tmp_path, capsys):
     assert "mutual nearest patches" in capsys.readouterr().out
     png = Image.open(out)
     assert png.width > 2 * 224 and png.height > 224
+
+
+def test_same_class_pairs_are_two_different_images_of_one_class_drawn_by_the_seed():
+    labels = [0, 1, 1, 2, 0, 1, -1, -1, 3, 0]  # class 2 and 3 have one image each; -1 is unlabelled
+    pairs = same_class_pairs(labels, 40, seed=3)
+    assert len(pairs) == 40 and {label for label, _, _ in pairs} == {0, 1}  # both pairable classes come up
+    assert all(a != b and labels[a] == labels[b] == label for label, a, b in pairs)
+    assert same_class_pairs(labels, 40, seed=3) == pairs and same_class_pairs(labels, 40, seed=4) != pairs
+    with pytest.raises(ValueError, match="no class of the dataset has two images"):
+        same_class_pairs([0, 1, 2, -1, -1], 1)
+    with pytest.raises(ValueError, match="--pairs must be at least 1"):
+        same_class_pairs(labels, 0)
+
+
+def test_command_draws_pairs_of_one_class_from_a_dataset(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.safetensors")
+    folder = make_image_folder(tmp_path / "images", n_per_class=3, classes=3, size=24)
+    out = tmp_path / "pairs"
+    assert main(["visualize", "correspondence", "--data", str(folder), "--pairs", "4", "--seed", "1", "-c", str(ckpt),
+                 "--top-k", "3", "--output-dir", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    dataset = build_dataset(str(folder))
+    labels = dataset_labels(dataset)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    names = []
+    for i, line in enumerate(lines):
+        path, name, a, b = re.fullmatch(r"(.*): (\w+) #(\d+) - #(\d+)", line).groups()
+        a, b = int(a), int(b)
+        assert a != b and labels[a] == labels[b] and dataset.classes[labels[a]] == name
+        assert path == str(out / f"correspondence_{name}_{i}.png") and Image.open(path).width > 2 * 224
+        names.append(Path(path).name)
+    assert len(lines) == 4 and sorted(p.name for p in out.iterdir()) == sorted(names)
+
+
+def test_fashion_mnist_class_names_make_file_names(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.safetensors")
+    assert main(["visualize", "correspondence", "--data", "fashion-mnist:subset", "--split", "val", "--pairs", "6",
+                 "-c", str(ckpt), "--output-dir", str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.glob("correspondence_*.png"))
+    assert len(names) == 6 and all(re.fullmatch(r"correspondence_[\w.-]+_\d\.png", n) for n in names)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give two images IMG_A IMG_B, or --data SPEC"),
+    (["{a}"], "give two images IMG_A IMG_B, or --data SPEC"),
+    (["{a}", "{a}", "--data", "fashion-mnist:subset"], "give two images IMG_A IMG_B or --data SPEC, not both"),
+    (["{a}", "{a}", "--pairs", "3", "--seed", "1"], "--pairs, --seed go with --data"),
+    (["--data", "fashion-mnist:subset", "-o", "x.png"], "with --data, pictures go to --output-dir"),
+    (["--data", "fashion-mnist:subset", "--pairs", "0"], "--pairs must be at least 1, got 0"),
+])
+def test_command_needs_two_images_or_a_dataset(args, message, tmp_path, capsys):
+    image = str(noise_image(tmp_path / "a.png"))
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.safetensors")
+    line = one_line_error(["visualize", "correspondence", *(a.format(a=image) for a in args), "-c", str(ckpt)], capsys)
+    assert message in line
