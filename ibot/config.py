@@ -127,6 +127,8 @@ class RunConfig:
     precision: str = "auto"  # "auto" (bf16 on GPU and on CPUs with native bf16), "fp32", "bf16", "fp16"
     log_every_steps: int = 10
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
+    saveckp_freq: int = 40  # also keep checkpoint_epochNNNN.safetensors every N epochs (official: 40; 0: never)
+    keep_snapshots: int = 0  # how many of those to keep, the newest (0: all)
     max_steps: int = 0  # stop after this many steps in total (0: run all epochs); for tests
     knn_eval: bool = True  # k-NN accuracy of the teacher vs random init on the val split at the end
     eval_every: int = 0  # k-NN accuracy of the teacher on the val split every N epochs (0: never)
@@ -310,6 +312,7 @@ OPTION_LIMITS: dict[str, Limit] = {
     "optim.weight_decay_end": NON_NEGATIVE, "optim.clip_grad": NON_NEGATIVE, "optim.freeze_last_layer": NON_NEGATIVE,
     "optim.momentum_teacher": UNIT,
     "run.seed": NON_NEGATIVE, "run.log_every_steps": AT_LEAST_ONE, "run.checkpoint_every_steps": NON_NEGATIVE,
+    "run.saveckp_freq": NON_NEGATIVE, "run.keep_snapshots": NON_NEGATIVE,
     "run.max_steps": NON_NEGATIVE, "run.eval_every": NON_NEGATIVE,
 }
 # pairs given as (low, high)

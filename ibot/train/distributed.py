@@ -51,6 +51,14 @@ def union_over_processes(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(item for part in gathered for item in part))
 
 
+def any_over_processes(flag: torch.Tensor) -> bool:
+    """Whether ``flag`` (a bool tensor on this process's device) is true on any process: one sync."""
+    flag = flag.detach().reshape(()).to(torch.int32)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

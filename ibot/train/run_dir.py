@@ -21,6 +21,25 @@ from ibot.formats.ours import CHECKPOINT_NAME, temporary_files
 
 RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "log.jsonl")  # a folder with one of these holds a run
 RUN_OUTPUTS = (*RUN_FILES, "knn.json", "tensorboard")  # what a run writes, removed by --overwrite
+SNAPSHOT_PATTERN = "checkpoint_epoch[0-9][0-9][0-9][0-9].safetensors"  # run.saveckp_freq's copies, also removed
+
+
+def snapshot_path(output_dir: str | Path, epochs_done: int) -> Path:
+    """``checkpoint_epochNNNN.safetensors``: the run after ``epochs_done`` epochs."""
+    return Path(output_dir) / f"checkpoint_epoch{epochs_done:04d}.safetensors"
+
+
+def snapshots(output_dir: str | Path) -> list[Path]:
+    """The snapshots in ``output_dir``, oldest first."""
+    return sorted(Path(output_dir).glob(SNAPSHOT_PATTERN))
+
+
+def prune_snapshots(output_dir: str | Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest snapshots (``keep`` 0: keep every one); returns the removed."""
+    old = snapshots(output_dir)[:-keep] if keep > 0 else []
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
 
 
 def existing_run_files(output_dir: str | Path) -> list[str]:
@@ -67,6 +86,11 @@ def clear_run(output_dir: str | Path) -> list[str]:
         else:
             continue
         removed.append(name)
+    found = snapshots(output_dir)
+    for path in found:
+        path.unlink()
+    if found:
+        removed.append(f"{len(found)} snapshot(s) {SNAPSHOT_PATTERN.replace('[0-9]', 'N')}")
     return removed
 
 

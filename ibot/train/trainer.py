@@ -23,9 +23,10 @@ from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretr
 from ibot.formats import ours as ckpt
 from ibot.runtime import resolve_device, resolve_precision
 from ibot.schedules import cosine_schedule
-from ibot.train.distributed import DistInfo, barrier, init_distributed, union_over_processes
+from ibot.train.distributed import DistInfo, any_over_processes, barrier, init_distributed, union_over_processes
 from ibot.train.objective import IBOTObjective
 from ibot.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients_per_param
+from ibot.train.run_dir import prune_snapshots, snapshot_path, snapshots
 from ibot.train.run_logger import RunLogger
 
 Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]  # tensors under our keys, metadata
@@ -33,7 +34,8 @@ EpochCallback = Callable[["Pretrainer", int], dict[str, Any]]  # (trainer, epoch
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when the loss becomes NaN or infinite; the last checkpoint on disk stays intact."""
+    """Raised when the loss or the weights become NaN or infinite; nothing diverged is ever saved, so
+    the checkpoint on disk (and every snapshot) is the state before it."""
 
 
 @dataclass
@@ -68,6 +70,9 @@ class Pretrainer:
         self.student, self.teacher = self.objective.student, self.objective.teacher
         self.ibot_loss, self.scaler = self.objective.loss, self.objective.scaler
         self._build_optimisation()
+        # set on the device by any non-finite loss, read (one sync) at log steps and before each save
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._checked_at = (0, 0)  # (epoch, step) of the last check that passed
         torch.manual_seed(cfg.run.seed + 1000 + self.dist.rank)  # drop path differs per rank
 
     # ------------------------------------------------------------------------------ set-up
@@ -100,8 +105,9 @@ class Pretrainer:
         self.clip_params = [p for p in self.student.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------------------ checkpoints
-    def save(self, state: TrainState) -> Path:
-        """Everything needed to continue exactly: weights, optimiser, centres, counters, RNG."""
+    def save(self, state: TrainState, path: Path | None = None) -> Path:
+        """Everything needed to continue exactly (weights, optimiser, centres, counters, RNG), to
+        ``path`` (default: the rolling checkpoint)."""
         opt_tensors, param_groups = ckpt.optimizer_to_tensors(self.optimizer.state_dict())
         tensors = {
             **ckpt.prefixed("student.", self.student.state_dict()),
@@ -116,7 +122,7 @@ class Pretrainer:
                 "config": self.cfg.to_dict(), "optimizer_param_groups": param_groups,
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "world_size": self.dist.world_size}
-        return ckpt.save_checkpoint(self.checkpoint_path, tensors, meta, kind="pretrain")
+        return ckpt.save_checkpoint(path or self.checkpoint_path, tensors, meta, kind="pretrain")
 
     def load(self, checkpoint: str | Path | Checkpoint) -> TrainState:
         """Restore a run from one of our checkpoints (exactly; a path, e.g. a file written by ``ibot
@@ -165,12 +171,31 @@ class Pretrainer:
         self.objective.update_teacher(float(self.momentum_schedule[it]))
         return losses
 
-    def _check_finite(self, losses: dict[str, torch.Tensor], state: TrainState) -> None:
-        if not math.isfinite(losses["loss"].item()):
-            where = f"epoch {state.epoch}, step {state.step_in_epoch}"
-            kept = f"; last good checkpoint: {self.checkpoint_path}" if self.checkpoint_path.exists() else ""
-            raise NonFiniteLossError(f"loss is {losses['loss'].item()} at {where}: stopping{kept}. "
-                                     f"Try a lower optim.lr, optim.clip_grad or run.precision=fp32")
+    def _weights_finite(self) -> torch.Tensor:
+        params = [p for net in (self.student, self.teacher) for p in net.parameters()]
+        return torch.stack([p.detach().isfinite().all() for p in params]).all()
+
+    def _check_finite(self, state: TrainState, saving: bool = False) -> None:
+        """Stop if a loss since the last check (or, before a save, a weight) is NaN or infinite: one
+        sync. The message names the last good checkpoint and the command that resumes from it."""
+        bad = self._nonfinite | ~self._weights_finite() if saving else self._nonfinite
+        if not any_over_processes(bad):
+            self._checked_at = state.done
+            return
+        where = (f"between epoch {self._checked_at[0]} step {self._checked_at[1]} and epoch {state.epoch} "
+                 f"step {state.step_in_epoch}")
+        what = "loss" if any_over_processes(self._nonfinite) else "weights"
+        message = f"the {what} became NaN or infinite {where}: stopping, nothing of it saved"
+        good = [p for p in (*reversed(snapshots(self.output_dir)), self.checkpoint_path) if p.exists()]
+        if good:
+            latest = max(good, key=lambda p: p.stat().st_mtime_ns)
+            lr = self.cfg.optim.lr / 2
+            message += (f". Last good checkpoint: {latest}; resume from it with a lower lr, e.g. 'ibot pretrain "
+                        f"--output-dir {self.output_dir} --resume {latest} optim.lr={lr:g}' (or raise "
+                        f"optim.clip_grad, run.precision=fp32)")
+        else:
+            message += "; no checkpoint was written before it. Try a lower optim.lr or run.precision=fp32"
+        raise NonFiniteLossError(message)
 
     def fit(self, resume: str | Path | Checkpoint | None = None,
             on_epoch_end: EpochCallback | None = None) -> list[dict[str, Any]]:
@@ -211,8 +236,9 @@ class Pretrainer:
                 stop = max_steps > 0 and it + 1 >= max_steps
                 log_now = (stop or state.step_in_epoch % cfg.run.log_every_steps == 0
                            or state.step_in_epoch == self.steps_per_epoch)
-                if log_now or self.device.type == "cpu":
-                    self._check_finite(losses, state)
+                self._nonfinite |= ~torch.isfinite(losses["loss"].detach())  # no sync
+                if log_now:
+                    self._check_finite(state)
                 meter.update(losses, batch_size=self.global_batch, data_time=data_time,
                              compute_time=time.perf_counter() - tic - data_time, skipped=batch.skipped)
                 if log_now:
@@ -234,8 +260,15 @@ class Pretrainer:
         return logger.records
 
     def _checkpoint(self, state: TrainState) -> None:
+        """The rolling checkpoint, and at the end of every ``run.saveckp_freq``-th epoch a snapshot
+        beside it (the oldest beyond ``run.keep_snapshots`` removed); never a diverged state."""
+        self._check_finite(state, saving=True)
         if self.dist.is_main:
             self.save(state)
+            freq = self.cfg.run.saveckp_freq
+            if freq and state.step_in_epoch == 0 and state.epoch % freq == 0:
+                self.save(state, snapshot_path(self.output_dir, state.epoch))
+                prune_snapshots(self.output_dir, self.cfg.run.keep_snapshots)
         barrier()
 
     def _schedule_values(self, epoch: int, it: int) -> dict[str, float]:

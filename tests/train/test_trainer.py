@@ -103,24 +103,72 @@ def test_teacher_is_ema_of_student_and_gets_no_gradient(tmp_path, image_folder):
     assert all(p.grad is None for p in trainer.teacher.parameters())
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, image_folder, monkeypatch):
-    trainer = Pretrainer(tiny_config(tmp_path, image_folder, "run.checkpoint_every_steps=2"))
-    original = trainer.ibot_loss.forward
-    calls = {"n": 0}
+def _poison_loss_at(trainer, monkeypatch, call: int) -> None:
+    original, calls = trainer.ibot_loss.forward, {"n": 0}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         out = original(*args, **kwargs)
-        if calls["n"] == 3:
-            out = {k: v * float("nan") for k, v in out.items()}
-        return out
+        return {k: v * float("nan") for k, v in out.items()} if calls["n"] == call else out
 
     monkeypatch.setattr(trainer.ibot_loss, "forward", poisoned)
-    with pytest.raises(NonFiniteLossError, match="epoch 0, step 3.*last good checkpoint"):
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, image_folder, monkeypatch):
+    trainer = Pretrainer(tiny_config(tmp_path, image_folder, "run.checkpoint_every_steps=2"))
+    _poison_loss_at(trainer, monkeypatch, 3)
+    with pytest.raises(NonFiniteLossError, match="between epoch 0 step 2 and epoch 0 step 3.*Last good checkpoint: "
+                                                 ".*checkpoint.safetensors; resume from it"):
         trainer.fit()
     tensors, meta = ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert meta["step_in_epoch"] == 2
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if t.is_floating_point())
+
+
+def test_a_diverged_state_is_never_saved_between_log_steps(tmp_path, image_folder, monkeypatch):
+    """A checkpoint every step, a log every 5: step 3's NaN is caught by the check before its save."""
+    trainer = Pretrainer(tiny_config(tmp_path, image_folder, "run.checkpoint_every_steps=1", "run.log_every_steps=5"))
+    _poison_loss_at(trainer, monkeypatch, 3)
+    with pytest.raises(NonFiniteLossError, match="loss became NaN or infinite between epoch 0 step 2 and epoch 0 "
+                                                 "step 3"):
+        trainer.fit()
+    tensors, meta = ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert meta["step_in_epoch"] == 2
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+
+
+def test_non_finite_weights_with_a_finite_loss_are_not_saved(tmp_path, image_folder, monkeypatch):
+    trainer = Pretrainer(tiny_config(tmp_path, image_folder, "run.checkpoint_every_steps=2", "run.log_every_steps=5"))
+    original, calls = trainer.objective.update_teacher, {"n": 0}
+
+    def update(momentum):  # step 4's EMA update writes a NaN into the teacher after its loss was computed
+        calls["n"] += 1
+        original(momentum)
+        if calls["n"] == 4:
+            with torch.no_grad():
+                next(trainer.teacher.parameters()).view(-1)[0] = float("nan")
+
+    monkeypatch.setattr(trainer.objective, "update_teacher", update)
+    # step 4 ends the epoch (16 images, batch 4): its log passes, the epoch's save does not
+    with pytest.raises(NonFiniteLossError, match="weights became NaN or infinite between epoch 0 step 4 and epoch 1 "
+                                                 "step 0"):
+        trainer.fit()
+    assert ckpt.read_metadata(tmp_path / "checkpoint.safetensors")["step_in_epoch"] == 2
+
+
+def test_snapshots_every_epoch_keep_the_newest(tmp_path, image_folder):
+    from ibot.train.run_dir import prepare_output_dir, snapshots
+
+    Pretrainer(tiny_config(tmp_path, image_folder, "optim.epochs=3", "run.saveckp_freq=1",
+                           "run.keep_snapshots=2")).fit()
+    found = snapshots(tmp_path)
+    assert [p.name for p in found] == ["checkpoint_epoch0002.safetensors", "checkpoint_epoch0003.safetensors"]
+    assert [ckpt.read_metadata(p)["epoch"] for p in found] == [2, 3]
+    final, _ = ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")
+    last, _ = ckpt.load_checkpoint(found[-1])
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    notes = prepare_output_dir(tmp_path, overwrite=True)  # --overwrite removes them with the run
+    assert not snapshots(tmp_path) and "2 snapshot(s)" in notes[0]
 
 
 def test_koleo_term_is_logged_and_added_to_the_loss(tmp_path, image_folder):
