@@ -71,6 +71,7 @@ class PretrainSample:
     masks: list[Tensor]  # G x (H // stride, W // stride) bool
     skipped: tuple[str, ...]  # unreadable files met on the way to this image (its own first), each once
     color_params: list[Tensor] | None = None  # (G + L) x (NUM_PARAMS,) with batched colour (uint8 crops)
+    label: int = -1  # the image's class (of its stand-in, if it was unreadable); -1: unlabelled
 
 
 @dataclass
@@ -88,13 +89,15 @@ class PretrainBatch:
     # batched colour: the crops are uint8 and these rows (crop-major) hold their colour parameters
     global_params: Tensor | None = None  # (G * B, NUM_PARAMS)
     local_params: Tensor | None = None  # (L * B, NUM_PARAMS)
+    labels: Tensor | None = None  # (B,) int64 classes of the images, -1 where unknown (for the NMI check)
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> PretrainBatch:
         def maybe(t: Tensor | None) -> Tensor | None:
             return None if t is None else fn(t)
 
         return PretrainBatch(fn(self.global_crops), maybe(self.local_crops), fn(self.masks), fn(self.mask_index),
-                             self.num_masked, self.skipped, maybe(self.global_params), maybe(self.local_params))
+                             self.num_masked, self.skipped, maybe(self.global_params), maybe(self.local_params),
+                             maybe(self.labels))
 
     def pin_memory(self) -> PretrainBatch:
         """Called by ``DataLoader(pin_memory=True)``."""
@@ -138,22 +141,22 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def _load(self, epoch: int, index: int) -> tuple[object, tuple[str, ...]]:
-        """Image ``index``, or its first readable stand-in; and the unreadable files met."""
+    def _load(self, epoch: int, index: int) -> tuple[object, int, tuple[str, ...]]:
+        """Image ``index`` and its label, or its first readable stand-in's; and the unreadable files met."""
         item, unreadable = safe_getitem(self.base, index)
         if unreadable is None:
-            return item[0], ()
+            return item[0], _label(item), ()
         skipped = [unreadable]
         for candidate in stand_in_order(self.seed, epoch, index, len(self.base)):
             item, unreadable = safe_getitem(self.base, candidate)
             if unreadable is None:
-                return item[0], tuple(skipped)
+                return item[0], _label(item), tuple(skipped)
             skipped.append(unreadable)
         raise ValueError(f"no readable image in the dataset: {format_skipped(len(skipped), skipped[0])}")
 
     def __getitem__(self, key: tuple[int, int]) -> PretrainSample:
         epoch, index = key
-        image, skipped = self._load(epoch, index)
+        image, label, skipped = self._load(epoch, index)
         torch_seed, mask_rng = sample_seeds(self.seed, epoch, index)
         python_state = random.getstate()
         with torch.random.fork_rng(devices=[]):  # leaves the caller's generators untouched
@@ -171,7 +174,12 @@ class PretrainDataset(Dataset):
         for crop in global_crops:
             grid = (crop.shape[-2] // self.mask_stride, crop.shape[-1] // self.mask_stride)
             masks.append(torch.from_numpy(self.mask_generator(grid, epoch, mask_rng)))
-        return PretrainSample(global_crops, local_crops, masks, skipped, color_params)
+        return PretrainSample(global_crops, local_crops, masks, skipped, color_params, label)
+
+
+def _label(item: tuple) -> int:
+    label = item[1] if len(item) > 1 else -1
+    return int(label) if isinstance(label, (int, np.integer)) or (torch.is_tensor(label) and label.numel() == 1) else -1
 
 
 def bucket_rows(m: int) -> int:
@@ -220,8 +228,9 @@ def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
         if num_local:
             local_params = crop_major(lambda s: s.color_params, range(num_global, num_global + num_local))
     skipped = tuple(dict.fromkeys(path for s in items for path in s.skipped))  # each file once
+    labels = torch.tensor([s.label for s in items], dtype=torch.long)
     return PretrainBatch(global_crops, local_crops, masks, *masked_token_index(masks), skipped, global_params,
-                         local_params)
+                         local_params, labels)
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):

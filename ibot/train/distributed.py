@@ -59,6 +59,15 @@ def any_over_processes(flag: torch.Tensor) -> bool:
     return bool(flag.item())
 
 
+def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's 1-D CPU ``tensor`` (lengths may differ), rank 0's first; ``[tensor]`` alone."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [tensor]
+    gathered: list[torch.Tensor | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, tensor)
+    return list(gathered)
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -20,6 +20,7 @@ from ibot.data.pretrain import PretrainBatch
 from ibot.data.transforms import MultiCropAugmentation
 from ibot.loss import koleo_loss
 from ibot.models import MultiCropWrapper, use_explicit_attention
+from ibot.train.collapse import PrototypeLabels, collapse_metrics
 from ibot.train.ema import EMAUpdater
 
 
@@ -59,6 +60,7 @@ class IBOTObjective:
         self.loss = build_loss(cfg).to(device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.ema = EMAUpdater(self.student, self.teacher)
+        self.prototypes = PrototypeLabels()  # the epoch's teacher assignments, for its NMI
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -66,8 +68,9 @@ class IBOTObjective:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def forward_backward(self, batch: PretrainBatch, epoch: int) -> dict[str, torch.Tensor]:
-        """The loss terms of ``batch`` at ``epoch`` (detached, on the device), after the backward
-        of their sum (scaled by ``scaler``) into the student's gradients."""
+        """The loss terms of ``batch`` at ``epoch`` (detached, on the device) and the step's
+        :mod:`ibot.train.collapse` metrics, after the backward of the loss (scaled by ``scaler``)
+        into the student's gradients."""
         global_crops = batch.global_crops.to(self.device, non_blocking=True)
         masks = batch.masks.to(self.device, non_blocking=True)
         rows = batch.mask_index.to(self.device, non_blocking=True)  # padded to a recurring count (collate)
@@ -91,7 +94,11 @@ class IBOTObjective:
                 losses["loss"] = losses["loss"] + losses["koleo"]
 
         self.scaler.scale(losses["loss"]).backward()
-        return {k: v.detach() for k, v in losses.items()}
+        metrics = collapse_metrics(teacher.cls, teacher.patch[:m], student.cls, student.backbone_cls,
+                                   self.loss.center, self.loss.center2, float(self.loss.teacher_temp_schedule[epoch]),
+                                   float(self.loss.teacher_temp2_schedule[epoch]))
+        self.prototypes.add(teacher.cls, None if batch.labels is None else batch.labels.to(self.device))
+        return {**{k: v.detach() for k, v in losses.items()}, **metrics}
 
     def update_teacher(self, momentum: float) -> None:
         """``teacher <- momentum * teacher + (1 - momentum) * student`` (the EMA of DINO / iBOT)."""

@@ -94,11 +94,18 @@ class RunLogger:
                                     dynamic_ncols=True, leave=False)
         return EpochMeter(self.bar)
 
-    def log_step(self, meter: EpochMeter, fields: dict[str, Any]) -> None:
+    def warn(self, message: str) -> None:
+        """A warning on the console and, as a ``"type": "warning"`` record, in the log."""
+        if self.enabled:
+            write(f"warning: {message}")
+        self._write({"type": "warning", "message": message})
+
+    def log_step(self, meter: EpochMeter, fields: dict[str, Any]) -> dict[str, Any]:
         record = {"type": "step", **fields, **meter.summary()}
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.1f}")
         self._write(record)
+        return record
 
     def end_epoch(self, meter: EpochMeter, fields: dict[str, Any]) -> None:
         summary = meter.summary(window=False)
@@ -114,6 +121,7 @@ class RunLogger:
                   f"(cls {summary.get('cls', float('nan')):.4f}, patch {summary.get('patch', float('nan')):.4f}), "
                   f"lr {fields.get('lr', 0):.2e}"
                   + (f", k-NN top-1 {fields['knn_top1']:.2f}%" if "knn_top1" in fields else "")
+                  + (f", NMI {fields['nmi']:.1f}" if "nmi" in fields else "")
                   + (f", {format_skipped(len(meter.skipped), example)}" if example is not None else ""))
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -123,7 +131,7 @@ class RunLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
+        if self.writer is not None and record["type"] in ("step", "epoch"):
             kind = record["type"]
             x = record["global_step"] if kind == "step" else record["epoch"]
             for key, value in record.items():

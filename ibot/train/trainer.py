@@ -23,7 +23,9 @@ from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretr
 from ibot.formats import ours as ckpt
 from ibot.runtime import resolve_device, resolve_precision
 from ibot.schedules import cosine_schedule
-from ibot.train.distributed import DistInfo, any_over_processes, barrier, init_distributed, union_over_processes
+from ibot.train.collapse import collapse_warnings
+from ibot.train.distributed import (DistInfo, all_gather_tensors, any_over_processes, barrier, init_distributed,
+                                    union_over_processes)
 from ibot.train.objective import IBOTObjective
 from ibot.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients_per_param
 from ibot.train.run_dir import prune_snapshots, snapshot_path, snapshots
@@ -222,7 +224,7 @@ class Pretrainer:
                         f"(raise run.max_steps, or 0 for every epoch)")
             logger.close()
             return logger.records
-        stop = False
+        stop, warned = False, set()  # epochs with a collapse warning already (one each)
         while state.epoch < cfg.optim.epochs and not stop:
             epoch = state.epoch
             self.sampler.epoch, self.sampler.start_step = epoch, state.step_in_epoch
@@ -242,8 +244,11 @@ class Pretrainer:
                 meter.update(losses, batch_size=self.global_batch, data_time=data_time,
                              compute_time=time.perf_counter() - tic - data_time, skipped=batch.skipped)
                 if log_now:
-                    logger.log_step(meter, {"epoch": epoch, "step": state.step_in_epoch, "global_step": it + 1,
-                                            **self._schedule_values(epoch, it)})
+                    record = logger.log_step(meter, {"epoch": epoch, "step": state.step_in_epoch,
+                                                     "global_step": it + 1, **self._schedule_values(epoch, it)})
+                    for warning in collapse_warnings(record, epoch) if epoch not in warned else []:
+                        warned.add(epoch)
+                        logger.warn(f"epoch {epoch} step {state.step_in_epoch}: {warning}")
                 every, in_epoch = cfg.run.checkpoint_every_steps, state.step_in_epoch < self.steps_per_epoch
                 if in_epoch and (stop or (every and state.step_in_epoch % every == 0)):
                     self._checkpoint(state)
@@ -252,7 +257,10 @@ class Pretrainer:
                     return logger.records
                 tic = time.perf_counter()
             meter.skipped = dict.fromkeys(union_over_processes(meter.skipped))  # all processes' files, once each
-            extra = on_epoch_end(self, epoch) if on_epoch_end is not None and self.dist.is_main else {}
+            nmi = self.objective.prototypes.nmi(gather=all_gather_tensors)
+            extra = {} if nmi is None else {"nmi": nmi}
+            if on_epoch_end is not None and self.dist.is_main:
+                extra.update(on_epoch_end(self, epoch))
             logger.end_epoch(meter, {"epoch": epoch, **self._schedule_values(epoch, it), **extra})
             state = TrainState(epoch + 1, 0)
             self._checkpoint(state)

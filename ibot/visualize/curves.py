@@ -27,10 +27,13 @@ PANELS: dict[str, tuple[tuple[str, ...], str]] = {
     "weight decay": (("wd",), "wd"),
     "teacher EMA momentum": (("momentum",), "momentum"),
     "teacher temperature": (("teacher_temp", "teacher_patch_temp"), "temperature"),
+    "collapse signs": (("teacher_entropy_cls", "teacher_batch_entropy_cls", "student_cls_spread", "cls_agreement"),
+                       "share"),
     "throughput": (("img_per_s",), "images / s"),
 }
 KNN_PANEL = "k-NN top-1 (teacher)"
-FIGSIZE = (16.0, 8.0)  # inches at 100 dpi: 1600 x 800 pixels
+NMI_PANEL = "NMI of teacher prototypes vs labels"
+FIGSIZE = (20.0, 8.0)  # inches at 100 dpi: 2000 x 800 pixels
 
 
 @dataclass
@@ -97,21 +100,25 @@ def _draw(ax: Axes, records: list[dict[str, Any]], x_key: str, keys: tuple[str, 
 
 
 def curves_figure(log: RunLog, title: str = "") -> tuple[Figure, dict[str, Axes]]:
-    """A figure with one panel per quantity (``PANELS``, then k-NN top-1 when evaluated)."""
+    """A figure with one panel per quantity (``PANELS``, then k-NN top-1 and the prototypes' NMI
+    when the run has them)."""
     records, x_key, offset, x_label = log.steps, "global_step", 0, "step"
     if not records:  # epoch records only: epoch e is drawn at its end, e + 1
         records, x_key, offset, x_label = log.epochs, "epoch", 1, "epoch"
-    knn = [r for r in log.epochs if isinstance(r.get("knn_top1"), (int, float))]
-    names = [*PANELS, *([KNN_PANEL] if knn else [])]
+    per_epoch = {KNN_PANEL: ("knn_top1", "top-1 (%)"), NMI_PANEL: ("nmi", "NMI (%)")}
+    drawn = {name: [r for r in log.epochs if isinstance(r.get(key), (int, float))]
+             for name, (key, _) in per_epoch.items()}
+    names = [*PANELS, *(name for name in per_epoch if drawn[name])]
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
-    grid = fig.subplots(2, 4).flatten()
+    grid = fig.subplots(2, 5).flatten()
     axes: dict[str, Axes] = {}
     for ax, name in zip(grid, names):
-        if name == KNN_PANEL:
-            _draw(ax, knn, "epoch", ("knn_top1",), offset=1)
+        if name in per_epoch:
+            key, y_label = per_epoch[name]
+            _draw(ax, drawn[name], "epoch", (key,), offset=1)
             ax.set_xlabel("epoch")
-            ax.set_ylabel("top-1 (%)")
+            ax.set_ylabel(y_label)
         else:
             keys, y_label = PANELS[name]
             if not _draw(ax, records, x_key, keys, offset):

@@ -305,3 +305,48 @@ def test_periodic_knn_and_tensorboard_events(tmp_path, image_folder):
     assert len(epochs) == 2 and all(0.0 <= r["knn_top1"] <= 100.0 for r in epochs)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_steps_log_collapse_signs_and_epochs_the_prototypes_nmi(tmp_path, image_folder):
+    records = Pretrainer(tiny_config(tmp_path, image_folder)).fit()
+    steps = [r for r in records if r["type"] == "step"]
+    for r in steps:
+        assert 0 < r["teacher_entropy_cls"] <= 1 and 0 < r["teacher_entropy_patch"] <= 1
+        assert 0 < r["teacher_batch_entropy_cls"] <= 1 and 0 <= r["cls_agreement"] <= 1
+        assert 0 < r["student_cls_spread"] < 3
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert len(epochs) == 2 and all(0 <= r["nmi"] <= 100 for r in epochs)  # the folder has class labels
+
+
+def test_collapse_metrics_and_warnings_on_planted_outputs():
+    from ibot.train.collapse import collapse_metrics, collapse_warnings
+
+    k, d = 64, 16
+    same = torch.zeros(8, k)
+    same[:, 3] = 50.0  # every image sure of prototype 3
+    collapsed = collapse_metrics(same, torch.zeros(0, k), same, torch.ones(8, d), torch.zeros(1, k),
+                                 torch.zeros(1, k), 0.04, 0.04)
+    assert collapsed["teacher_batch_entropy_cls"] < 0.01 and collapsed["student_cls_spread"] < 1e-6
+    assert collapsed["cls_agreement"] == 1 and "teacher_entropy_patch" not in collapsed
+    uniform = collapse_metrics(torch.zeros(8, k), torch.zeros(5, k), torch.randn(8, k), torch.randn(8, d),
+                               torch.zeros(1, k), torch.zeros(1, k), 0.04, 0.04)
+    assert uniform["teacher_entropy_cls"] == pytest.approx(1.0) and uniform["teacher_entropy_patch"] == pytest.approx(1)
+    assert 0.5 < uniform["student_cls_spread"] < 1.5
+    window = {key: float(value) for key, value in collapsed.items()}
+    assert collapse_warnings(window, epoch=0) == []  # not during the first epoch
+    found = collapse_warnings(window, epoch=1)
+    assert len(found) == 2 and "same prototype" in found[0] and "barely differ" in found[1]
+    assert "almost uniform" in collapse_warnings({k: float(v) for k, v in uniform.items()}, epoch=3)[0]
+
+
+def test_a_collapse_is_a_warning_in_the_log_and_on_the_console(tmp_path, image_folder, monkeypatch, capsys):
+    import ibot.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "collapse_warnings",
+                        lambda window, epoch: ["planted sign"] if epoch >= 1 else [])
+    records = Pretrainer(tiny_config(tmp_path, image_folder)).fit()
+    warnings = [r for r in records if r["type"] == "warning"]
+    assert [w["message"] for w in warnings] == ["epoch 1 step 1: planted sign"]  # once per epoch
+    assert "warning: epoch 1 step 1: planted sign" in capsys.readouterr().err
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert any(r["type"] == "warning" for r in logged)

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from ibot.cli import main
-from ibot.visualize.curves import DPI, FIGSIZE, KNN_PANEL, PANELS, curves_figure, plot_run, read_log
+from ibot.visualize.curves import DPI, FIGSIZE, KNN_PANEL, NMI_PANEL, PANELS, curves_figure, plot_run, read_log
 
-KEYS = ("loss", "cls", "patch", "koleo", "lr", "wd", "momentum", "teacher_temp", "teacher_patch_temp", "img_per_s")
+KEYS = ("loss", "cls", "patch", "koleo", "lr", "wd", "momentum", "teacher_temp", "teacher_patch_temp", "img_per_s",
+        "teacher_entropy_cls", "teacher_batch_entropy_cls", "student_cls_spread", "cls_agreement")
 
 
 def record(kind: str, step: int, epoch: int, **extra) -> dict:
@@ -28,7 +29,8 @@ def write_log(folder, records) -> None:
 
 def test_png_has_a_drawn_panel_per_quantity_and_knn(tmp_path):
     records = [record("step", s, s // 50) for s in range(10, 101, 10)]
-    records += [record("epoch", 0, 0, knn_top1=40.0), record("epoch", 0, 1, knn_top1=55.5)]
+    records += [record("epoch", 0, 0, knn_top1=40.0, nmi=20.0), record("epoch", 0, 1, knn_top1=55.5, nmi=30.0)]
+    records.insert(3, {"type": "warning", "message": "a collapse warning is not drawn"})
     write_log(tmp_path / "run", records)
     path = plot_run(tmp_path / "run")
     assert path == tmp_path / "run" / "curves.png"
@@ -36,14 +38,16 @@ def test_png_has_a_drawn_panel_per_quantity_and_knn(tmp_path):
     assert png.shape[:2] == (FIGSIZE[1] * DPI, FIGSIZE[0] * DPI)
 
     fig, axes = curves_figure(read_log(path.parent / "log.jsonl"))
-    assert list(axes) == [*PANELS, KNN_PANEL]
+    assert list(axes) == [*PANELS, KNN_PANEL, NMI_PANEL]
     assert [list(line.get_ydata()) for line in axes[KNN_PANEL].lines] == [[40.0, 55.5]]
+    assert [list(line.get_ydata()) for line in axes[NMI_PANEL].lines] == [[20.0, 30.0]]
     assert [list(line.get_xdata()) for line in axes[KNN_PANEL].lines] == [[1, 2]]  # drawn at each epoch's end
     for name, (keys, _) in PANELS.items():
         lines = axes[name].lines
         assert [line.get_label() for line in lines] == list(keys)
         assert list(lines[0].get_xdata()) == list(range(10, 101, 10))
         assert list(lines[0].get_ydata()) == [r[keys[0]] for r in records if r["type"] == "step"]
+        assert list(lines[-1].get_ydata()) == [r[keys[-1]] for r in records if r["type"] == "step"]
     fig.canvas.draw()
     for name, ax in axes.items():  # the same layout as the PNG: each panel holds coloured ink
         box = ax.get_window_extent()
@@ -88,4 +92,4 @@ def test_command(tmp_path, capsys):
     write_log(tmp_path / "run", [record("step", s, 0) for s in (10, 20)])
     out = tmp_path / "c.png"
     assert main(["plot", str(tmp_path / "run"), "--output", str(out)]) == 0
-    assert capsys.readouterr().out.strip() == str(out) and Image.open(out).size == (1600, 800)
+    assert capsys.readouterr().out.strip() == str(out) and Image.open(out).size == (2000, 800)
