@@ -24,6 +24,7 @@ from ibot.formats import ours as ckpt
 from ibot.runtime import resolve_device, resolve_precision
 from ibot.schedules import cosine_schedule
 from ibot.train.distributed import DistInfo, barrier, init_distributed, union_over_processes
+from ibot.train.init_from import InitWeights, init_networks
 from ibot.train.objective import IBOTObjective
 from ibot.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients_per_param
 from ibot.train.run_logger import RunLogger
@@ -146,6 +147,12 @@ class Pretrainer:
             if "rng.cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         return TrainState(meta["epoch"], meta.get("step_in_epoch", 0))
+
+    def init_weights(self, weights: str | Path | InitWeights) -> list[str]:
+        """Start a new run's networks from a checkpoint's weights (``run.init_from``: a path, or what
+        :func:`ibot.train.init_from.read_init_weights` read), then :meth:`fit` without ``resume``:
+        epoch 0, fresh optimiser and loss centres. Returns the lines to print about it."""
+        return init_networks(self.student, self.teacher, self.cfg, weights)
 
     # ------------------------------------------------------------------------------ training
     def train_step(self, batch: Any, epoch: int, it: int) -> dict[str, torch.Tensor]:
