@@ -19,7 +19,7 @@ from ibot.models import IBOTHead, MultiCropWrapper, build_backbone
 from ibot.models.shapes import backbone_shape_of, expected_backbone_shape, infer_head_kwargs
 
 __all__ = ["backbone_kwargs", "build_augmentation", "build_head", "build_loss", "build_mask_generator",
-           "build_student_teacher", "check_checkpoint_shapes"]
+           "build_student_teacher", "check_checkpoint_shapes", "head_differences"]
 
 
 def backbone_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
@@ -77,15 +77,19 @@ def check_checkpoint_shapes(cfg: PretrainConfig, shapes: Mapping[str, Sequence[i
             raise ValueError(f"{source} holds a {found} ({name} backbone), but {config_name} builds "
                              f"model.arch={m.arch}, a {expected}")
         head = ckpt.strip_prefix(f"{name}.head.", shapes)
-        if not head:
-            continue
-        got = infer_head_kwargs(head)
-        skip = {"hidden_dim"} if got["nlayers"] == 1 else set()  # no hidden layer to read it from
-        skip |= set() if "last_layer2.weight_v" in head else {"patch_out_dim"}
-        differ = [f"model.{option}={getattr(m, option)} (file: {got[kwarg]})" for kwarg, option in HEAD_OPTIONS.items()
-                  if kwarg not in skip and got[kwarg] != getattr(m, option)]
+        differ = head_differences(cfg, head) if head else []
         if differ:
             raise ValueError(f"{source}: its {name} head does not fit {config_name}: {', '.join(differ)}")
+
+
+def head_differences(cfg: PretrainConfig, head: Mapping[str, Sequence[int]]) -> list[str]:
+    """``model.option=value (file: value)`` for each head size of ``cfg`` that a head's tensors (or
+    their shapes, unprefixed) contradict; a ValueError when they are not a head's."""
+    m, got = cfg.model, infer_head_kwargs(head)
+    skip = {"hidden_dim"} if got["nlayers"] == 1 else set()  # no hidden layer to read it from
+    skip |= set() if "last_layer2.weight_v" in head else {"patch_out_dim"}
+    return [f"model.{option}={getattr(m, option)} (file: {got[kwarg]})" for kwarg, option in HEAD_OPTIONS.items()
+            if kwarg not in skip and got[kwarg] != getattr(m, option)]
 
 
 def build_loss(cfg: PretrainConfig) -> IBOTLoss:

@@ -58,7 +58,7 @@ class ModelConfig:
 class DataConfig:
     """Dataset and multi-crop augmentation (paper: 2 x 224 global, 10 x 96 local crops)."""
 
-    data: str = "fashion-mnist"  # built-in name, "cifar10:PATH", ..., or an ImageFolder path
+    data: str = "fashion-mnist"  # built-in name, "cifar10:PATH", ..., an ImageFolder path, or unlabelled images
     global_crops_number: int = 2
     global_crops_size: int = 224
     global_crops_scale: tuple[float, float] = (0.25, 1.0)
@@ -122,6 +122,7 @@ class RunConfig:
     """Where and how the run executes."""
 
     output_dir: str = "runs/ibot"
+    init_from: str | None = None  # a new run's networks start from this checkpoint's weights (ours or official)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
     precision: str = "auto"  # "auto" (bf16 on GPU and on CPUs with native bf16), "fp32", "bf16", "fp16"

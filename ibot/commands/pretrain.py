@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          presets=f"official recipe or small preset: {', '.join(PRESETS)} "
                                  "(default: cpu, or the YAML file's 'preset:')")
     s = p.add_argument_group("shortcuts for common overrides")
-    s.add_argument("--data", help="fashion-mnist, cifar10:PATH, cifar100:PATH, stl10:PATH or an ImageFolder path")
+    s.add_argument("--data", help="fashion-mnist, cifar10:PATH, cifar100:PATH, stl10:PATH, an ImageFolder path, a "
+                                  "folder of unlabelled images or a text file listing images (one path a line)")
     s.add_argument("--output-dir", help="where checkpoints, config.yaml and log.jsonl go; a folder that holds "
                                         "another run is refused (see --resume, --overwrite)")
     s.add_argument("--epochs", type=int)
@@ -38,7 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--no-knn", action="store_true", help="skip the k-NN check at the end")
     s.add_argument("--eval-every", type=int, metavar="N", help="k-NN accuracy of the teacher every N epochs")
     s.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
-    r = p.add_argument_group("resuming and replacing runs")
+    r = p.add_argument_group("starting from weights, resuming and replacing runs")
+    r.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start a new run (epoch 0, fresh optimiser and schedules) from the weights of one of our "
+                        ".safetensors pre-training checkpoints, an official checkpoint.pth or checkpoint_teacher.pth "
+                        "(one network: both start from it; a missing head starts at random init)")
     r.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a run with the config saved with it: 'auto' is OUTPUT_DIR's (a new run if it has "
                         "none), or one of our .safetensors checkpoints (OUTPUT_DIR: its folder unless given), or an "
@@ -53,9 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     """The ``section.field=value`` overrides of the command line, shortcuts included."""
-    shortcuts = {"data": "data.data", "output_dir": "run.output_dir", "epochs": "optim.epochs",
-                 "batch_size_per_device": "optim.batch_size_per_device", "device": "run.device",
-                 "precision": "run.precision", "max_steps": "run.max_steps", "seed": "run.seed", "eval_every": "run.eval_every"}
+    shortcuts = {"data": "data.data", "output_dir": "run.output_dir", "init_from": "run.init_from",
+                 "epochs": "optim.epochs", "batch_size_per_device": "optim.batch_size_per_device",
+                 "device": "run.device", "precision": "run.precision", "max_steps": "run.max_steps",
+                 "seed": "run.seed", "eval_every": "run.eval_every"}
     overrides = [f"{key}={getattr(args, attr)}" for attr, key in shortcuts.items() if getattr(args, attr) is not None]
     if args.no_progress:
         overrides.append("run.progress=false")
@@ -107,9 +113,13 @@ def resolve_run(args: argparse.Namespace) -> RunStart:
     top, refusing those that change what the run is unless ``--allow-changes``. Reads no tensor."""
     import yaml
 
-    from ibot.config import config_changes, config_from_dict, is_run_defining, resolve_config
+    from ibot.config import config_changes, config_from_dict, is_run_defining, parse_override, resolve_config
     from ibot.formats.ours import CHECKPOINT_NAME, checkpoint_kind, is_our_checkpoint, read_shapes
 
+    init_given = args.init_from or any(key == "run.init_from" for key, _ in map(parse_override, args.overrides))
+    if args.resume and init_given:
+        raise ValueError("--init-from starts a new run from a checkpoint's weights, --resume continues a run (a run "
+                         "started with --init-from resumes from its own checkpoint): give one of them")
     if not args.resume:
         return RunStart(_resolve_pretrain_config(args), None, False, [])
     output_dir = _output_dir(args)
@@ -175,6 +185,12 @@ def run(args: argparse.Namespace) -> int:
     if start.shapes is not None:  # before building: the saved config may not describe the saved tensors
         config_name = "its saved config" + (" with your overrides" if args.allow_changes else "")
         check_checkpoint_shapes(cfg, start.shapes, str(start.resume), config_name)
+    init = None
+    if cfg.run.init_from and start.resume is None:  # a run at its first step (a resumed one has its own weights)
+        from ibot.train.init_from import check_init_weights, read_init_weights
+
+        init = read_init_weights(cfg.run.init_from)
+        check_init_weights(cfg, init)  # before building, as for a resumed checkpoint
     resume = start.resume
     if resume and not is_our_checkpoint(resume):  # an official checkpoint.pth: its tensors under our keys
         from ibot.convert import official_training_state
@@ -186,6 +202,11 @@ def run(args: argparse.Namespace) -> int:
         for line in [*notes, *start.notes]:
             print(line, file=sys.stderr)
     trainer = Pretrainer(cfg)
+    if init is not None:
+        for line in trainer.init_weights(init):
+            if trainer.dist.is_main:
+                print(line, file=sys.stderr)
+        init = None  # the file's tensors: loaded, no longer needed
     problem = val_split_problem(cfg.data.data) if cfg.run.knn_eval or cfg.run.eval_every else None
     if problem:  # known before the first step, not after the training
         if trainer.dist.is_main:

@@ -8,12 +8,15 @@
 - ``cifar10:PATH``, ``cifar100:PATH``, ``stl10:PATH``: torchvision's readers, never downloading;
   PATH is the folder holding ``cifar-10-batches-py`` / ``cifar-100-python`` / ``stl10_binary``
   (or that folder itself).
-- anything else: an ImageFolder tree (``class/image.ext``), in the ImageNet layout
+- a folder: an ImageFolder tree (``class/image.ext``), in the ImageNet layout
   ``PATH/train``, ``PATH/val`` (``val`` and ``test`` stand in for each other). A split folder
   itself (``PATH/train``, as the official scripts pass it) finds its siblings: its val split is
   ``PATH/val``. A tree of class folders with no split folders is a train split only: asking it
   for val or test is an error (evaluating on it would score the training images), unless a
   :class:`Holdout` is given.
+  A folder whose image files lie directly in it (not only in class folders; as ``PATH`` or as a
+  split folder) holds unlabelled images: label -1, no classes (:mod:`ibot.data.unlabelled`).
+- a text file listing image paths: unlabelled images, a train split only.
 
 Split names: ``train``, ``val`` (= ``test`` where a dataset has no validation split), ``test``;
 STL-10 also takes ``unlabeled`` and ``train+unlabeled`` (label -1 for unlabeled images). With a
@@ -38,6 +41,7 @@ from torch.utils.data import Dataset, Subset, default_collate
 from torchvision import datasets as tv_datasets
 
 from ibot.data.fashion_mnist import FashionMNIST
+from ibot.data.unlabelled import holds_images, image_list, unlabelled_folder
 from ibot.image_io import CorruptImageError, format_skipped, load_rgb
 
 __all__ = [
@@ -155,6 +159,9 @@ def _split_folder(root: Path, split: str) -> Path:
         layout = root.parent  # ROOT/train given: its siblings are the other splits
     elif split == "train":
         return root  # class folders directly under ROOT: the train split
+    elif holds_images(root):
+        raise FileNotFoundError(f"{root} has no val/ or test/ folder: a folder of unlabelled images (image files "
+                                f"directly in it) is a train split only, with no labels to evaluate on")
     else:
         raise FileNotFoundError(
             f"{root} has no val/ or test/ folder: a tree of class folders is a train split only, and "
@@ -190,9 +197,16 @@ class _ImageFolder(tv_datasets.ImageFolder):
 def _image_folder(path: str, split: str) -> Dataset:
     _check_split(split, "an image folder")
     root = Path(path).expanduser()
+    if root.is_file():
+        if split != "train":
+            raise FileNotFoundError(f"{root} is a list of unlabelled images: a train split only, with no labels to "
+                                    f"evaluate on")
+        return image_list(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     folder = _split_folder(root, split)
+    if holds_images(folder):
+        return unlabelled_folder(folder)
     train_classes = None
     if split != "train":
         try:
@@ -253,7 +267,9 @@ def val_split_problem(spec: str) -> str | None:
         val = build_dataset(spec, "val")
     except (FileNotFoundError, ValueError) as e:
         return str(e).splitlines()[0]
-    if len(getattr(val, "classes", ())) < 2:
-        where = getattr(val, "root", spec)
+    where = getattr(val, "root", spec)
+    if not getattr(val, "classes", ()):
+        return f"the val split of {spec} ({where}) is unlabelled: no labels to score"
+    if len(val.classes) < 2:
         return f"the val split of {spec} ({where}) has one class: no labels to score"
     return None

@@ -26,6 +26,7 @@ from ibot.schedules import cosine_schedule
 from ibot.train.collapse import collapse_warnings
 from ibot.train.distributed import (DistInfo, all_gather_tensors, any_over_processes, barrier, init_distributed,
                                     union_over_processes)
+from ibot.train.init_from import InitWeights, init_networks
 from ibot.train.objective import IBOTObjective
 from ibot.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients_per_param
 from ibot.train.run_dir import prune_snapshots, snapshot_path, snapshots
@@ -154,6 +155,12 @@ class Pretrainer:
             if "rng.cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         return TrainState(meta["epoch"], meta.get("step_in_epoch", 0))
+
+    def init_weights(self, weights: str | Path | InitWeights) -> list[str]:
+        """Start a new run's networks from a checkpoint's weights (``run.init_from``: a path, or what
+        :func:`ibot.train.init_from.read_init_weights` read), then :meth:`fit` without ``resume``:
+        epoch 0, fresh optimiser and loss centres. Returns the lines to print about it."""
+        return init_networks(self.student, self.teacher, self.cfg, weights)
 
     # ------------------------------------------------------------------------------ training
     def train_step(self, batch: Any, epoch: int, it: int) -> dict[str, torch.Tensor]:

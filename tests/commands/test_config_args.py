@@ -23,8 +23,8 @@ FINETUNE_FLAGS = {
     "--warmup-epochs", "--weight-decay", "-c", "-h"}
 PRETRAIN_FLAGS = {
     "--allow-changes", "--batch-size-per-device", "--config", "--data", "--device", "--epochs", "--eval-every",
-    "--help", "--max-steps", "--no-knn", "--no-progress", "--no-tensorboard", "--output-dir", "--overwrite",
-    "--precision", "--preset", "--print-config", "--resume", "--seed", "-h"}
+    "--help", "--init-from", "--max-steps", "--no-knn", "--no-progress", "--no-tensorboard", "--output-dir",
+    "--overwrite", "--precision", "--preset", "--print-config", "--resume", "--seed", "-h"}
 EVAL_FLAGS = {  # those of every feature-based evaluation, which adds its own (EVAL_COMMAND_FLAGS)
     "--arch", "--batch-size", "--cache-dir", "--checkpoint", "--crop-pct", "--data", "--device", "--help", "--holdout",
     "--holdout-seed", "--image-size", "--key", "--no-cache", "--no-progress", "--num-workers", "--output-dir",
