@@ -117,9 +117,10 @@ def resolve_run(args: argparse.Namespace) -> RunStart:
     from ibot.formats.ours import CHECKPOINT_NAME, checkpoint_kind, is_our_checkpoint, read_shapes
 
     init_given = args.init_from or any(key == "run.init_from" for key, _ in map(parse_override, args.overrides))
-    if args.resume and init_given:
-        raise ValueError("--init-from starts a new run from a checkpoint's weights, --resume continues a run (a run "
-                         "started with --init-from resumes from its own checkpoint): give one of them")
+    if args.resume and args.resume != "auto" and init_given:  # auto: init only if OUTPUT_DIR holds no checkpoint yet
+        raise ValueError("--init-from starts a new run from a checkpoint's weights, --resume CHECKPOINT continues a "
+                         "run (a run started with --init-from resumes from its own checkpoint): give one of them, or "
+                         "--resume auto to start from --init-from's weights only where no checkpoint exists yet")
     if not args.resume:
         return RunStart(_resolve_pretrain_config(args), None, False, [])
     output_dir = _output_dir(args)

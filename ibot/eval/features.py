@@ -13,38 +13,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from ibot.data.datasets import Holdout, build_dataset, collate_skip_corrupt, safe_getitem
+from ibot.data.datasets import Holdout, build_dataset
+from ibot.data.views import EvalDataset, collate_skip_none
 from ibot.progress import progress_bar
-
-
-class EvalDataset(Dataset):
-    """``((transform(image), label), None)`` pairs, or ``(None, path)`` for an unreadable image
-    (dropped and counted by :func:`ibot.data.datasets.collate_skip_corrupt`)."""
-
-    def __init__(self, base: Dataset, transform: Callable) -> None:
-        self.base = base
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int):
-        item, skipped = safe_getitem(self.base, index)
-        if item is None:
-            return None, skipped
-        image, label = item
-        return (self.transform(image), label), None
-
-
-def collate_skip_none(items) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """``(images, labels, skipped paths)`` of an :class:`EvalDataset` batch; empty tensors when
-    every image was unreadable."""
-    batch, skipped = collate_skip_corrupt(items)
-    if batch is None:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    return batch[0], batch[1], skipped
 
 
 @torch.no_grad()

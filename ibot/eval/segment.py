@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ibot.data.datasets import collate_skip_corrupt, safe_getitem
+from ibot.data.datasets import collate_skip_corrupt
+from ibot.data.views import EvalDataset
 from ibot.data.segmentation import IGNORE_INDEX
 from ibot.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ibot.eval.metrics import confusion_matrix, segmentation_scores
@@ -145,24 +146,6 @@ def eval_view(image, size: int, token_stride: int, mode: str) -> torch.Tensor:
     return TF.resize(_pixels(image), list(hw), InterpolationMode.BICUBIC, antialias=True)
 
 
-class _Views(Dataset):
-    """``(view, None)`` pairs of a segmentation dataset, or ``(None, path)`` for an unreadable image."""
-
-    def __init__(self, base: Dataset, view: Callable) -> None:
-        self.base, self.view = base, view
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int):
-        item, skipped = safe_getitem(self.base, index)
-        return (None, skipped) if item is None else (self.view(*item), None)
-
-
-def _train_pair(image, mask, size: int):
-    return train_view(image, mask, size)
-
-
 def _eval_pair(image, mask, size: int, token_stride: int, mode: str):
     return eval_view(image, size, token_stride, mode), torch.from_numpy(np.asarray(mask, np.int64))
 
@@ -180,7 +163,7 @@ class TrainBatches:
 
     def __init__(self, forward: nn.Module, dataset: Dataset, cfg: SegmentConfig, device: torch.device) -> None:
         self.forward, self.cfg, self.device = forward, cfg, device
-        self.views = _Views(dataset, partial(_train_pair, size=cfg.image_size))
+        self.views = EvalDataset(dataset, partial(train_view, size=cfg.image_size), joint=True)
         with torch.no_grad():
             probe = forward(torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=device))
         self.dim = probe.shape[-1]
@@ -285,7 +268,8 @@ def evaluate_heads(forward: nn.Module, heads: list[SegmentationHead], dataset: D
     unreadable images skipped."""
     stride_px = int(forward.mask_stride)
     window_step = cfg.stride or max(stride_px, (2 * cfg.image_size // 3) // stride_px * stride_px)
-    views = _Views(dataset, partial(_eval_pair, size=cfg.image_size, token_stride=stride_px, mode=cfg.eval_mode))
+    views = EvalDataset(dataset, partial(_eval_pair, size=cfg.image_size, token_stride=stride_px, mode=cfg.eval_mode),
+                        joint=True)
     loader = _loader(views, cfg.batch_size, cfg.num_workers, list)
     confusions = [torch.zeros(num_classes, num_classes, dtype=torch.long) for _ in heads]
     skipped: list[str] = []

@@ -166,7 +166,7 @@ def scan_dataset(backbone: nn.Module, head: nn.Module, base: Dataset, transform:
                  device: torch.device | str = "cpu", progress: bool = True) -> tuple[TopPatches, list[str]]:
     """:func:`find_top_patches` over the images ``indices`` of ``base`` through ``transform``;
     returns the result and the unreadable images skipped."""
-    from ibot.eval.features import EvalDataset, collate_skip_none
+    from ibot.data.views import EvalDataset, collate_skip_none
     from ibot.progress import progress_bar
 
     if temperature <= 0:

@@ -33,12 +33,26 @@ def test_init_from_starts_a_new_run_and_a_resume_keeps_its_own_weights(tmp_path,
     assert logged_steps(out) == [1, 2]
 
 
-def test_init_from_and_resume_together_are_refused(tmp_path, folder, capsys, monkeypatch):
+def test_init_from_with_a_resumed_checkpoint_is_refused(tmp_path, folder, capsys, monkeypatch):
     forbid_building(monkeypatch)
     source = tmp_path / "checkpoint.safetensors"
     for given in (["--init-from", str(source)], [f"run.init_from={source}"]):
-        line = one_line_error(new_run(tmp_path / "run", folder, "--resume", "auto", *given), capsys)
-        assert "--init-from starts a new run" in line and "--resume continues a run" in line
+        line = one_line_error(new_run(tmp_path / "run", folder, "--resume", str(source), *given), capsys)
+        assert "--init-from starts a new run" in line and "--resume CHECKPOINT continues a run" in line
+
+
+def test_resume_auto_with_init_from_starts_from_it_once(tmp_path, folder, capsys, monkeypatch):
+    """A requeued job's line (docs/launch/slurm_pretrain.sh): the first launch starts from the file's
+    weights, later ones continue the run's own checkpoint."""
+    assert main(new_run(tmp_path / "first", folder, "--max-steps", "3")) == 0
+    source, out = tmp_path / "first" / "checkpoint.safetensors", tmp_path / "job"
+    line = new_run(out, folder, "--resume", "auto", "--init-from", str(source))
+    capsys.readouterr()
+    assert main([*line, "--max-steps", "1"]) == 0
+    assert f"starting from the weights of {source}" in capsys.readouterr().err and logged_steps(out) == [1]
+    monkeypatch.setattr(init_from, "read_init_weights", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    assert main([*line, "--max-steps", "2"]) == 0
+    assert logged_steps(out) == [1, 2]
 
 
 def test_init_from_another_architecture_is_one_line_before_building(tmp_path, folder, capsys, monkeypatch):
