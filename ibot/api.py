@@ -22,8 +22,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ibot.eval.knn import knn_classify
+from ibot.models.tokens import patch_tokens
 
-__all__ = ["extract_features", "extract_patch_features", "knn_classify", "load_backbone"]
+__all__ = ["extract_features", "extract_patch_features", "knn_classify", "load_backbone", "patch_tokens"]
 
 ImageInput = str | Path | Image.Image
 

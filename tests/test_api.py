@@ -28,7 +28,8 @@ def folder_files(folder):
 
 
 def test_the_api_is_exported():
-    assert {"load_backbone", "extract_features", "extract_patch_features", "knn_classify"} <= set(ibot.__all__)
+    assert {"load_backbone", "extract_features", "extract_patch_features", "knn_classify",
+            "patch_tokens"} <= set(ibot.__all__)
     assert ibot.knn_classify is knn_classify
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         ibot.nothing  # noqa: B018
