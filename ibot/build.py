@@ -45,10 +45,12 @@ def build_head(cfg: PretrainConfig, embed_dim: int, student: bool) -> IBOTHead:
 
 
 def build_student_teacher(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
-    """Student (drop path, mask token) and teacher (same weights, no mask token) networks."""
+    """Student (drop path, mask token, activation checkpointing with ``model.grad_checkpointing``)
+    and teacher (same weights, no mask token) networks."""
     m = cfg.model
     common = backbone_kwargs(cfg)
     student_bb = build_backbone(m.arch, drop_path_rate=m.drop_path_rate, masked_im_modeling=True, **common)
+    student_bb.set_grad_checkpointing(m.grad_checkpointing)  # the teacher records no gradient
     teacher_bb = build_backbone(m.arch, drop_path_rate=0.0, masked_im_modeling=False, **common)
     student = MultiCropWrapper(student_bb, build_head(cfg, student_bb.embed_dim, student=True))
     teacher = MultiCropWrapper(teacher_bb, build_head(cfg, teacher_bb.embed_dim, student=False))

@@ -52,6 +52,8 @@ class ModelConfig:
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
     head_nlayers: int = 3
+    # recompute each transformer block's activations in the backward instead of keeping them (student only)
+    grad_checkpointing: bool = False
 
 
 @dataclass
@@ -134,6 +136,9 @@ class RunConfig:
     knn_eval: bool = True  # k-NN accuracy of the teacher vs random init on the val split at the end
     eval_every: int = 0  # k-NN accuracy of the teacher on the val split every N epochs (0: never)
     compile: bool = False  # torch.compile the student and teacher (GPU; slow first steps)
+    # "ddp": every process holds the whole networks and optimiser; "fsdp": torch's fully_shard shards
+    # them over the processes of a torchrun (one process: nothing to shard, it runs as ddp)
+    strategy: str = "ddp"
     tensorboard: bool = True  # TensorBoard events under output_dir/tensorboard (if installed)
     progress: bool = True
 
@@ -279,9 +284,13 @@ def config_changes(before: PretrainConfig, after: PretrainConfig) -> list[tuple[
     return [(key, old[key], new[key]) for key in new if old[key] != new[key]]
 
 
+# ... except these, which change how it is computed, not what
+NOT_RUN_DEFINING = ("model.grad_checkpointing",)
+
+
 def is_run_defining(option: str) -> bool:
     """Whether ``option`` (``section.field``) is one of ``RUN_DEFINING``: data, batch, epochs, model, crops."""
-    return option.startswith(RUN_DEFINING)
+    return option.startswith(RUN_DEFINING) and option not in NOT_RUN_DEFINING
 
 
 def config_from_dict(tree: dict[str, Any]) -> PretrainConfig:
@@ -348,6 +357,11 @@ def validate(cfg: PretrainConfig) -> None:
         raise ValueError(f"mask.pred_shape must be 'block' or 'rand', got '{cfg.mask.pred_shape}'")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.run.device):
         raise ValueError(f"run.device must be auto, cpu, cuda or cuda:N, got '{cfg.run.device}'")
+    if cfg.run.strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"run.strategy must be ddp or fsdp, got '{cfg.run.strategy}'")
+    if cfg.run.strategy == "fsdp" and cfg.run.eval_every:
+        raise ValueError("run.eval_every needs run.strategy=ddp: the k-NN check runs on the main process alone, "
+                         "which holds a shard of the teacher under fsdp; evaluate its checkpoints with ibot knn")
     if cfg.run.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"run.precision must be auto, fp32, bf16 or fp16, got '{cfg.run.precision}'")
     if cfg.model.shared_head and cfg.model.out_dim != cfg.model.patch_out_dim:

@@ -80,12 +80,16 @@ def periodic_knn(every: int, k: int = 20) -> Callable[[Any, int], dict[str, floa
 def pretrain_knn_report(trainer, ks: Sequence[int] = (10, 20)) -> dict:
     """k-NN accuracy of the trained teacher backbone and of the same network at random
     initialisation, on the pre-training dataset's train / val splits (the quick check that
-    pre-training learned something; ``ibot knn`` is the full evaluation)."""
+    pre-training learned something; ``ibot knn`` is the full evaluation). A sharded teacher
+    (``run.strategy=fsdp``; the main process holds a shard of it) is read whole from the checkpoint
+    written at the end of the run."""
     from ibot.build import build_student_teacher
+    from ibot.eval.checkpoints import load_backbone
 
     cfg = trainer.cfg
+    teacher = load_backbone(trainer.checkpoint_path).backbone if trainer.sharded else trainer.teacher.backbone
     torch.manual_seed(cfg.run.seed)
     _, random_teacher = build_student_teacher(cfg)
     return {name: backbone_knn(backbone, cfg.data.data, cfg.data.global_crops_size, trainer.device, ks,
                                progress=cfg.run.progress)
-            for name, backbone in (("teacher", trainer.teacher.backbone), ("random_init", random_teacher.backbone))}
+            for name, backbone in (("teacher", teacher), ("random_init", random_teacher.backbone))}

@@ -20,6 +20,7 @@ from timm.layers import DropPath, Mlp, PatchEmbed
 from timm.models.swin_transformer import PatchMerging, WindowAttention, window_partition, window_reverse
 from torch import nn
 
+from ibot.models.checkpointing import run_block
 from ibot.models.vision_transformer import init_weights
 
 
@@ -88,10 +89,11 @@ class SwinStage(nn.Module):
         ])
         # (B, H, W, C) -> (B, H / 2, W / 2, 2C)
         self.downsample = PatchMerging(dim, norm_layer=norm_layer) if downsample else None
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x)
+            x = run_block(block, x, checkpointed=self.grad_checkpointing)
         return x if self.downsample is None else self.downsample(x)
 
 
@@ -105,6 +107,8 @@ class SwinTransformer(nn.Module):
         embed_dim: stem width (official meaning); the attribute ``embed_dim`` is the output width
             ``embed_dim * 2 ** (len(depths) - 1)`` (768 for Swin-T), as for every backbone here.
         masked_im_modeling: add ``masked_embed`` (1, stem width), zero-initialised.
+
+    ``set_grad_checkpointing()`` recomputes each block's activations in the backward.
     """
 
     def __init__(
@@ -148,6 +152,11 @@ class SwinTransformer(nn.Module):
         self.apply(init_weights)
         if masked_im_modeling:
             self.masked_embed = nn.Parameter(torch.zeros(1, embed_dim))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every block in the forwards that record gradients."""
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) -> normed patch embeddings (B, H / p, W / p, C).

@@ -16,6 +16,8 @@ from timm.layers import DropPath, PatchEmbed, drop_path, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from ibot.models.checkpointing import run_block
+
 
 class VisionTransformer(nn.Module):
     """Pre-norm ViT (Dosovitskiy et al.): LayerNorm eps 1e-6, qkv bias, MLP ratio 4, GELU.
@@ -26,6 +28,9 @@ class VisionTransformer(nn.Module):
         patch_size: side of a square patch; also the mask stride (one mask cell per patch).
         drop_path_rate: stochastic depth of the last block, ramped linearly from 0 at the first.
         masked_im_modeling: add the learned mask token ``masked_embed`` (1, D), zero-initialised.
+
+    ``set_grad_checkpointing()`` recomputes each block's activations in the backward (the forward's
+    results are the same).
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class VisionTransformer(nn.Module):
         self.num_heads = num_heads
         self.patch_size = patch_size
         self.mask_stride = patch_size
+        self.grad_checkpointing = False
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
@@ -68,6 +74,10 @@ class VisionTransformer(nn.Module):
         self.apply(init_weights)
         if masked_im_modeling:
             self.masked_embed = nn.Parameter(torch.zeros(1, embed_dim))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every block in the forwards that record gradients."""
+        self.grad_checkpointing = enable
 
     def interpolate_pos_encoding(self, grid: tuple[int, int]) -> torch.Tensor:
         """Position embedding for a (h, w) patch grid: (1, 1 + h * w, D).
@@ -121,11 +131,12 @@ class VisionTransformer(nn.Module):
         if return_all_tokens and token_index is not None:
             raise ValueError("give return_all_tokens or token_index, not both")
         x = self.prepare_tokens(x, mask)
+        checkpointed = self.grad_checkpointing
         for block in self.blocks[:-1]:
-            x = block(x)
+            x = run_block(block, x, checkpointed=checkpointed)
         if return_all_tokens:
-            return self.norm(self.blocks[-1](x))
-        return self.norm(block_at_tokens(self.blocks[-1], x, token_index))
+            return self.norm(run_block(self.blocks[-1], x, checkpointed=checkpointed))
+        return self.norm(run_block(block_at_tokens, self.blocks[-1], x, token_index, checkpointed=checkpointed))
 
     def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """Outputs of the last ``n`` blocks, each through the final norm: n x (B, 1 + N, D)."""

@@ -22,6 +22,7 @@ from ibot.loss import koleo_loss
 from ibot.models import MultiCropWrapper, use_explicit_attention
 from ibot.train.collapse import PrototypeLabels, collapse_metrics
 from ibot.train.ema import EMAUpdater
+from ibot.train.sharding import shard_networks
 
 
 class IBOTObjective:
@@ -29,7 +30,8 @@ class IBOTObjective:
 
     Places ``student`` and ``teacher`` (from :func:`ibot.build.build_student_teacher`) on
     ``device``; ``student_step`` / ``teacher_step`` run their forwards (through DDP when
-    ``world_size > 1`` and torch.compile with ``run.compile``). ``amp_dtype``: the autocast
+    ``world_size > 1``, or both networks sharded by FSDP with ``run.strategy=fsdp``, and
+    torch.compile with ``run.compile``). ``amp_dtype``: the autocast
     dtype, None for fp32 (fp16 brings a grad scaler, ``scaler``); ``augmentation``: the run's,
     whose normalisation the batched colour ops apply.
     """
@@ -50,7 +52,9 @@ class IBOTObjective:
         # ``student``/``teacher`` hold the weights; ``student_step``/``teacher_step`` run the forward
         # (through DDP and torch.compile when enabled)
         self.student_step: nn.Module = self.student
-        if world_size > 1:
+        if world_size > 1 and cfg.run.strategy == "fsdp":  # the shards' gradients are reduced by FSDP itself
+            shard_networks(self.student, self.teacher, device)
+        elif world_size > 1:
             self.student_step = DistributedDataParallel(
                 self.student, device_ids=[device.index] if device.type == "cuda" else None)
         self.teacher_step: nn.Module = self.teacher

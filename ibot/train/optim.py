@@ -2,7 +2,8 @@
 
 - Two parameter groups: weights (decayed) and biases + norm parameters (1-d, not decayed);
   ``cls_token``, ``pos_embed`` and ``masked_embed`` stay in the decayed group (official).
-- Gradient clipping is per parameter: each gradient is scaled to norm <= ``clip``.
+- Gradient clipping is per parameter: each gradient is scaled to norm <= ``clip``; a sharded
+  gradient (``DTensor``, ``run.strategy=fsdp``) by the norm of the whole gradient.
 - The head's last layer gets no update during the first ``freeze_last_layer`` epochs.
 """
 
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
+
+from ibot.train.sharding import local_tensors
 
 
 def param_groups_weight_decay(model: nn.Module) -> list[dict]:
@@ -34,15 +38,19 @@ def build_optimizer(model: nn.Module, fused: bool = True) -> torch.optim.AdamW:
 def clip_gradients_per_param(parameters: list[nn.Parameter], clip: float) -> torch.Tensor:
     """Scale each gradient to norm <= ``clip`` (official ``clip_gradients``) with foreach ops.
 
-    Returns the per-parameter norms before clipping, (P,)."""
+    Sharded gradients: each shard's norm is a partial one, the stack of them reduced over the
+    processes into the whole gradients' norms (one all-reduce), and each process scales its own
+    shards. Returns the per-parameter norms before clipping, (P,)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(0)
-    norms = torch._foreach_norm(grads)
+    norms = torch.stack(torch._foreach_norm(grads))
+    if isinstance(norms, DTensor):
+        norms = norms.full_tensor()
     # official: clip_coef = clip / (norm + 1e-6), applied only where it is < 1
-    coefs = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
-    torch._foreach_mul_(grads, coefs)
-    return torch.stack(norms)
+    coefs = torch.clamp(clip / (norms + 1e-6), max=1.0)
+    torch._foreach_mul_(local_tensors(grads), list(coefs.unbind()))
+    return norms
 
 
 def cancel_last_layer_gradients(model: nn.Module, epoch: int, freeze_last_layer: int) -> None:

@@ -31,9 +31,12 @@ from ibot.train.objective import IBOTObjective
 from ibot.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients_per_param
 from ibot.train.run_dir import prune_snapshots, snapshot_path, snapshots
 from ibot.train.run_logger import RunLogger
+from ibot.train.sharding import (full_model_state, full_optimizer_state, is_sharded, load_full_model_state, local,
+                                 shard_optimizer_state)
 
 Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]  # tensors under our keys, metadata
 EpochCallback = Callable[["Pretrainer", int], dict[str, Any]]  # (trainer, epoch) -> extra epoch-log fields
+Gathered = tuple[dict[str, torch.Tensor], list[dict]]  # networks' and optimiser's whole tensors, param groups
 
 
 class NonFiniteLossError(RuntimeError):
@@ -108,16 +111,24 @@ class Pretrainer:
         self.clip_params = [p for p in self.student.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------------------ checkpoints
-    def save(self, state: TrainState, path: Path | None = None) -> Path:
+    @property
+    def sharded(self) -> bool:
+        """Whether the networks are sharded over the processes (``run.strategy=fsdp``)."""
+        return is_sharded(self.student)
+
+    def gather(self) -> Gathered:
+        """The student's, teacher's and optimiser's whole tensors under our keys, and the optimiser's
+        param groups. Sharded, they are gathered: every process calls it, rank 0 keeps them."""
+        opt_tensors, param_groups = ckpt.optimizer_to_tensors(full_optimizer_state(self.optimizer))
+        return {**ckpt.prefixed("student.", full_model_state(self.student)),
+                **ckpt.prefixed("teacher.", full_model_state(self.teacher)), **opt_tensors}, param_groups
+
+    def save(self, state: TrainState, path: Path | None = None, gathered: Gathered | None = None) -> Path:
         """Everything needed to continue exactly (weights, optimiser, centres, counters, RNG), to
-        ``path`` (default: the rolling checkpoint)."""
-        opt_tensors, param_groups = ckpt.optimizer_to_tensors(self.optimizer.state_dict())
-        tensors = {
-            **ckpt.prefixed("student.", self.student.state_dict()),
-            **ckpt.prefixed("teacher.", self.teacher.state_dict()),
-            "loss.center": self.ibot_loss.center, "loss.center2": self.ibot_loss.center2,
-            **opt_tensors, "rng.torch": torch.get_rng_state(),
-        }
+        ``path`` (default: the rolling checkpoint); ``gathered``: :meth:`gather`'s, when sharded."""
+        weights, param_groups = gathered or self.gather()
+        tensors = {**weights, "loss.center": self.ibot_loss.center, "loss.center2": self.ibot_loss.center2,
+                   "rng.torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
@@ -140,14 +151,15 @@ class Pretrainer:
         check_checkpoint_shapes(self.cfg, {k: v.shape for k, v in tensors.items()}, str(path))
         for name, network in (("student", self.student), ("teacher", self.teacher)):
             try:
-                network.load_state_dict(ckpt.strip_prefix(f"{name}.", tensors))
+                load_full_model_state(network, ckpt.strip_prefix(f"{name}.", tensors))
             except RuntimeError as exc:  # what shapes alone do not show: missing or extra keys
                 raise ValueError(f"{path}: its {name} does not fit this run's {self.cfg.model.arch} networks: "
                                  f"{' '.join(str(exc).split())}") from None
         self.ibot_loss.center.copy_(tensors["loss.center"])
         self.ibot_loss.center2.copy_(tensors["loss.center2"])
         if "optimizer_param_groups" in meta:
-            self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer_param_groups"]))
+            full = ckpt.optimizer_from_tensors(tensors, meta["optimizer_param_groups"])
+            self.optimizer.load_state_dict(shard_optimizer_state(self.optimizer, full))
         if meta.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(meta["scaler"])
         if "rng.torch" in tensors and meta.get("world_size", 1) == self.dist.world_size:
@@ -181,7 +193,7 @@ class Pretrainer:
         return losses
 
     def _weights_finite(self) -> torch.Tensor:
-        params = [p for net in (self.student, self.teacher) for p in net.parameters()]
+        params = [local(p) for net in (self.student, self.teacher) for p in net.parameters()]  # this process's shards
         return torch.stack([p.detach().isfinite().all() for p in params]).all()
 
     def _check_finite(self, state: TrainState, saving: bool = False) -> None:
@@ -278,11 +290,12 @@ class Pretrainer:
         """The rolling checkpoint, and at the end of every ``run.saveckp_freq``-th epoch a snapshot
         beside it (the oldest beyond ``run.keep_snapshots`` removed); never a diverged state."""
         self._check_finite(state, saving=True)
+        gathered = self.gather()  # every process: sharded weights are gathered
         if self.dist.is_main:
-            self.save(state)
+            self.save(state, gathered=gathered)
             freq = self.cfg.run.saveckp_freq
             if freq and state.step_in_epoch == 0 and state.epoch % freq == 0:
-                self.save(state, snapshot_path(self.output_dir, state.epoch))
+                self.save(state, snapshot_path(self.output_dir, state.epoch), gathered=gathered)
                 prune_snapshots(self.output_dir, self.cfg.run.keep_snapshots)
         barrier()
 
