@@ -1,10 +1,15 @@
 """Options and set-up shared by the evaluation sub-commands (``knn``, ``linear``, ``finetune``,
-``cluster``, ``semisup``): which checkpoint, which data, where results and cached features go."""
+``cluster``, ``semisup``, ``segment``): which checkpoint, which data, where results and cached
+features go, and how they run under ``torchrun`` (:func:`processes`)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,14 +120,58 @@ def feature_cache(args: argparse.Namespace):
     return FeatureCache(args.cache_dir or output_dir(args) / "features")
 
 
+def processes(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """An evaluation command that runs alone or as one of ``torchrun``'s processes: the process
+    group is joined where the device is chosen (:func:`device`), processes other than rank 0 print
+    nothing on stdout and show no progress bars, and a group the command joined is left at its end."""
+
+    @functools.wraps(run)
+    def wrapped(args: argparse.Namespace) -> int:
+        from ibot.distributed import cleanup, env_rank
+
+        joined = _joined()
+        quiet = env_rank() != 0
+        if quiet and hasattr(args, "no_progress"):
+            args.no_progress = True
+        try:
+            with open(os.devnull, "w") as sink, (contextlib.redirect_stdout(sink) if quiet
+                                                 else contextlib.nullcontext()):
+                return run(args)
+        finally:
+            if not joined:
+                cleanup()
+
+    return wrapped
+
+
+def _joined() -> bool:
+    """Whether this process is in a process group already."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main() -> bool:
+    """Whether this process writes the results: rank 0, or the only process."""
+    from ibot.distributed import current
+
+    return current().is_main
+
+
 def device(args: argparse.Namespace):
+    """The ``--device`` of this process, after joining ``torchrun``'s process group if there is one
+    (NCCL on GPU, each process on the GPU of its local rank; gloo on CPU)."""
+    from ibot.distributed import init_distributed, process_device
     from ibot.runtime import resolve_device
 
-    return resolve_device(args.device)
+    dev = resolve_device(args.device)
+    init_distributed(dev.type)
+    return process_device(dev)
 
 
 def train_val_features(args: argparse.Namespace, loaded, forward, kind: str):
-    """``(train_x, train_y, val_x, val_y, info)`` of ``forward`` on the train and val splits."""
+    """``(train_x, train_y, val_x, val_y, info)`` of ``forward`` on the train and val splits; under
+    ``torchrun`` the processes share the extraction and each gets the whole result."""
     import torch
 
     from ibot.eval.features import evaluation_transform, split_features
@@ -136,7 +185,7 @@ def train_val_features(args: argparse.Namespace, loaded, forward, kind: str):
         forward.to(dev).eval()
     held = holdout(args)
     common = dict(cache=feature_cache(args), holdout=held, batch_size=args.batch_size, num_workers=args.num_workers,
-                  device=dev, progress=not args.no_progress)
+                  device=dev, progress=not args.no_progress, sharded=True)
     identity = loaded.identity()
     train_x, train_y, train_skipped = split_features(forward, identity, kind, data, "train", transform, **common)
     val_x, val_y, val_skipped = split_features(forward, identity, kind, data, "val", transform, **common)
@@ -152,9 +201,11 @@ def train_val_features(args: argparse.Namespace, loaded, forward, kind: str):
 
 
 def write_results(args: argparse.Namespace, name: str, results: dict[str, Any]) -> Path:
+    """``OUTPUT_DIR/<name>.json``, written by rank 0 alone."""
     out = output_dir(args)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"results written to {path}")
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
+        print(f"results written to {path}")
     return path

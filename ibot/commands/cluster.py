@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @command("cluster", "unsupervised classification: head prototypes and k-means, NMI / ARI / ACC")(add_arguments)
+@common.processes
 def run(args: argparse.Namespace) -> int:
     from ibot.data.datasets import build_dataset
     from ibot.eval.checkpoints import load_head
@@ -34,17 +35,21 @@ def run(args: argparse.Namespace) -> int:
     backbone = loaded.backbone.to(dev).eval()
     held = common.holdout(args)
     extract = dict(cache=common.feature_cache(args), holdout=held, batch_size=args.batch_size,
-                   num_workers=args.num_workers, device=dev, progress=not args.no_progress)
+                   num_workers=args.num_workers, device=dev, progress=not args.no_progress, sharded=True)
     identity = loaded.identity()
-    results = {}
     if "prototypes" in args.methods:
         head = load_head(args.checkpoint, args.key).to(dev)
-        ids, labels, _ = split_features(prototype_assigner(backbone, head), identity, "prototype-argmax", data,
-                                        args.split, transform, **extract)
-        results["prototypes"] = {**cluster_scores(labels.numpy(), ids[:, 0].long().numpy()),
-                                 "num_prototypes": head.out_dim}
+        ids, id_labels, _ = split_features(prototype_assigner(backbone, head), identity, "prototype-argmax", data,
+                                           args.split, transform, **extract)
     if "kmeans" in args.methods:
         features, labels, _ = split_features(backbone, identity, "cls", data, args.split, transform, **extract)
+    if not common.is_main():  # the scores are computed on rank 0; the others helped with the features
+        return 0
+    results = {}
+    if "prototypes" in args.methods:
+        results["prototypes"] = {**cluster_scores(id_labels.numpy(), ids[:, 0].long().numpy()),
+                                 "num_prototypes": head.out_dim}
+    if "kmeans" in args.methods:
         k = args.num_clusters or len(build_dataset(data, args.split, held).classes)
         results["kmeans"] = {**cluster_scores(labels.numpy(), kmeans_clusters(features, k, seed=args.seed)), "k": k}
     print(f"unsupervised classification of {data} ({args.split}{f', {held.describe()}' if held else ''}), "

@@ -54,6 +54,7 @@ def resolve_finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, l
 
 
 @command("finetune", "end-to-end fine-tuning (layer decay, mixup/cutmix, RandAugment, EMA)")(add_arguments)
+@common.processes
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -84,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     results = tuner.fit(resume=resume)
     print(f"fine-tuning: best top-1 {results['top1']:.2f}% (epoch {results['best_epoch']}, {results['best_from']}), "
           f"last top-1 {results['last_top1']:.2f}% top-5 {results['last_top5']:.2f}%")
-    path = out / "finetune.json"
-    path.write_text(json.dumps({**info, "data": data, **common.holdout_info(held), "config": dataclasses.asdict(cfg),
-                                **results}, indent=2))
-    print(f"results written to {path}")
+    if tuner.dist.is_main:
+        path = out / "finetune.json"
+        path.write_text(json.dumps({**info, "data": data, **common.holdout_info(held),
+                                    "config": dataclasses.asdict(cfg), **results}, indent=2))
+        print(f"results written to {path}")
     return 0

@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @command("knn", "weighted k-NN on frozen [CLS] features (cosine, T = 0.07)")(add_arguments)
+@common.processes
 def run(args: argparse.Namespace) -> int:
     from ibot.eval.knn import knn_classify
 
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--ks must be positive and --temperature above 0")
     loaded = common.load_model(args)
     train_x, train_y, val_x, val_y, info = common.train_val_features(args, loaded, loaded.backbone, "cls")
-    results = knn_classify(train_x, train_y, val_x, val_y, ks=args.ks, temperature=args.temperature)
+    results = knn_classify(train_x, train_y, val_x, val_y, ks=args.ks, temperature=args.temperature, sharded=True)
     print(f"k-NN on {info['data']} ({info['num_train']} train / {info['num_val']} val), {loaded.name} {args.key}:")
     for k, acc in results.items():
         print(f"  k={k:<4d} top-1 {acc['top1']:6.2f}%  top-5 {acc['top5']:6.2f}%")

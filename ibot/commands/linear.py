@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @command("linear", "linear probe on frozen features (official feature recipes, lr sweep)")(add_arguments)
+@common.processes
 def run(args: argparse.Namespace) -> int:
     from ibot.eval.linear import DEFAULT_LRS, LinearFeatures, default_recipe, train_linear_sweep
     from ibot.formats.ours import save_checkpoint
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     avgpool = args.avgpool_patchtokens if args.avgpool_patchtokens is not None else avgpool_default
     features = LinearFeatures(loaded.backbone, n, avgpool)
     train_x, train_y, val_x, val_y, info = common.train_val_features(args, loaded, features, features.kind)
+    if not common.is_main():  # the sweep runs on rank 0; the others helped with the features
+        return 0
     result = train_linear_sweep(train_x, train_y, val_x, val_y, lrs=args.lrs or DEFAULT_LRS, epochs=args.epochs,
                                 batch_size=args.train_batch_size, weight_decay=args.weight_decay, seed=args.seed,
                                 device=common.device(args), progress=not args.no_progress)

@@ -50,6 +50,7 @@ def default_image_size(dataset, token_stride: int) -> int:
 
 
 @command("segment", "linear segmentation probe on frozen patch tokens: mIoU, pixel accuracy")(add_arguments)
+@common.processes
 def run(args: argparse.Namespace) -> int:
     from ibot.data.segmentation import build_segmentation_dataset
     from ibot.eval.checkpoints import random_backbone
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         stride=args.stride, epochs=args.epochs, train_batch_size=args.train_batch_size, batch_size=args.batch_size,
         optimizer=args.optimizer, lrs=tuple(args.lrs) if args.lrs else None, weight_decay=args.weight_decay,
         cache_gb=args.cache_gb, num_workers=args.num_workers, seed=args.seed, progress=not args.no_progress)
-    result = run_probe(forward, train_set, val_set, cfg, common.device(args))
+    result = run_probe(forward, train_set, val_set, cfg, common.device(args), sharded=True)
     features = args.baseline or f"patch tokens, last {args.n_last_blocks} block(s)"
     print(f"linear segmentation on {args.data} ({result['num_train']} train / {result['num_val']} val, "
           f"{cfg.image_size} px, {cfg.eval_mode}), {loaded.name} {features} ({result['feature_dim']}-d):")
@@ -83,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
     head = result.pop("head")
     out = common.output_dir(args)
     name = "segment" if not args.baseline else f"segment_{args.baseline.replace('-', '_')}"
-    save_checkpoint(out / f"{name}_head.safetensors", head.state_dict(),
-                    {"features": features, "classes": list(train_set.classes), "miou": result["miou"]},
-                    kind="linear_head")
+    if common.is_main():
+        save_checkpoint(out / f"{name}_head.safetensors", head.state_dict(),
+                        {"features": features, "classes": list(train_set.classes), "miou": result["miou"]},
+                        kind="linear_head")
     skipped = result.pop("skipped")
     common.write_results(args, name, {
         "checkpoint": str(args.checkpoint), "key": args.key, "arch": loaded.arch, "patch_size": loaded.patch_size,

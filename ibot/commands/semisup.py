@@ -20,11 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @command("semisup", "logistic regression on frozen features with 1 and 10 percent of the labels")(add_arguments)
+@common.processes
 def run(args: argparse.Namespace) -> int:
     from ibot.eval.semisup import semisupervised_eval
 
     loaded = common.load_model(args)
     train_x, train_y, val_x, val_y, info = common.train_val_features(args, loaded, loaded.backbone, "cls")
+    if not common.is_main():  # the regressions run on rank 0; the others helped with the features
+        return 0
     results = semisupervised_eval(train_x, train_y, val_x, val_y, fractions=args.fractions, seed=args.seed,
                                   C=args.C, max_iter=args.max_iter)
     print(f"semi-supervised logistic regression on {info['data']}, {loaded.name} {args.key}:")

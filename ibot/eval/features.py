@@ -17,24 +17,35 @@ from torch.utils.data import DataLoader
 
 from ibot.data.datasets import Holdout, build_dataset
 from ibot.data.views import EvalDataset, collate_skip_none
+from ibot.distributed import any_over_processes, current
+from ibot.eval.shards import gather_batch_objects, gather_batches, process_batches
 from ibot.progress import progress_bar
 
 
 @torch.no_grad()
 def extract_features(forward: Callable[[torch.Tensor], torch.Tensor] | nn.Module, dataset: EvalDataset,
                      batch_size: int = 256, num_workers: int = 0, device: torch.device | str = "cpu",
-                     desc: str = "features", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                     desc: str = "features", progress: bool = True,
+                     sharded: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Run ``forward`` over ``dataset``; returns features (N, D) on the CPU in float32, labels (N,)
-    and the messages of skipped unreadable images."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_none,
+    and the messages of skipped unreadable images. ``sharded``: every process of the process group
+    takes part (each runs its share of the batches, :mod:`ibot.eval.shards`) and gets the whole
+    result, the same as one process gets."""
+    loader = DataLoader(dataset, batch_sampler=process_batches(len(dataset), batch_size, sharded),
+                        num_workers=num_workers, collate_fn=collate_skip_none,
                         pin_memory=torch.device(device).type == "cuda")
-    features, labels, skipped = [], [], []
+    features, labels, skipped = [], [], []  # one entry per batch (None: no readable image in it)
     for images, targets, why in progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        skipped.extend(why)
+        skipped.append(why)
         if len(images) == 0:  # every image of this batch was unreadable
+            features.append(None)
+            labels.append(None)
             continue
         features.append(forward(images.to(device, non_blocking=True)).float().cpu())
         labels.append(targets)
+    features = [f for f in gather_batches(features, sharded) if f is not None]
+    labels = [y for y in gather_batches(labels, sharded) if y is not None]
+    skipped = [why for batch in gather_batch_objects(skipped, sharded) for why in batch]
     if not features:
         raise ValueError(f"no readable image in the dataset for {desc}")
     return torch.cat(features), torch.cat(labels), skipped
@@ -55,18 +66,25 @@ class FeatureCache:
 
     def load_or_extract(self, parts: dict[str, Any], forward: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
                         dataset: EvalDataset, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Cached ``(features, labels, skipped)`` for ``parts``, else :func:`extract_features`."""
+        """Cached ``(features, labels, skipped)`` for ``parts``, else :func:`extract_features`.
+        With ``sharded=True`` the processes extract together unless every one finds the file, and
+        rank 0 alone writes it."""
         path = self.path(parts)
         stored = json.loads(json.dumps(parts, default=str))  # as the file holds it
+        saved: dict[str, Any] = {}
         if path is not None and path.is_file():
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
             except Exception:  # an unreadable cache file is extracted again and replaced
                 saved = {}
-            if saved.get("parts") == stored:
-                return saved["features"], saved["labels"], saved["skipped"]
+        hit = saved.get("parts") == stored
+        sharded = kwargs.get("sharded", False)
+        if sharded:  # all extract together, or none
+            hit = not any_over_processes(torch.tensor(not hit))
+        if hit:
+            return saved["features"], saved["labels"], saved["skipped"]
         features, labels, skipped = extract_features(forward, dataset, **kwargs)
-        if path is not None:
+        if path is not None and (not sharded or current().is_main):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             torch.save({"features": features, "labels": labels, "skipped": skipped, "parts": stored}, tmp)

@@ -20,6 +20,13 @@ which the official iBOT fine-tuning uses).
 - Top-1 / top-5 on the val split after every epoch; an atomic checkpoint after every epoch,
   and ``resume`` continues from it. Each epoch seeds every generator from ``(seed, epoch)``, so
   a resumed run repeats the epochs an uninterrupted one would have run.
+- Under ``torchrun``: the model is wrapped in DDP and ``batch_size`` stays the global batch (each
+  of N processes takes ``batch_size / N`` images of every step), so the steps, the lr schedule and
+  its batch scaling are those of one process. Every epoch draws one order of the train set, the
+  same on all processes, and each process takes its part of every batch; augmentation, mixup and
+  drop path draw from generators seeded per process. The processes share the val batches and sum
+  the hit counts (the one-process accuracies of the same weights, exactly); rank 0 alone writes
+  the checkpoint, ``log.jsonl`` and the console lines.
 """
 
 from __future__ import annotations
@@ -39,9 +46,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ibot.data.datasets import Holdout, build_dataset
+from ibot.distributed import all_reduce_sum, any_over_processes, init_distributed, process_device, union_over_processes
 from ibot.eval.features import EvalDataset, collate_skip_none
 from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
 from ibot.eval.metrics import topk_hits
+from ibot.eval.shards import gather_batch_objects, process_batches, process_slice
 from ibot.formats.ours import CHECKPOINT_NAME
 from ibot.image_io import format_skipped
 from ibot.progress import progress_bar, write
@@ -112,16 +121,18 @@ def train_transform(cfg: FinetuneConfig):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
-             skipped: list[str] | None = None) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, skipped: list[str] | None = None,
+             sharded: bool = False) -> dict[str, float]:
     """Top-1 / top-5 accuracy (percent) and mean cross-entropy over ``loader``; the unreadable
-    images it passed over are added to ``skipped``."""
+    images it passed over are added to ``skipped``. ``sharded``: ``loader`` holds this process's
+    share of the batches (:func:`ibot.eval.shards.process_batches`); the counts are summed over
+    the processes."""
     model.eval()
     hits1 = hits5 = total = 0
     loss = 0.0
+    passed: list[list[str]] = []  # per batch
     for images, labels, why in loader:
-        if skipped is not None:
-            skipped.extend(why)
+        passed.append(why)
         if len(images) == 0:
             continue
         images, labels = images.to(device), labels.to(device)
@@ -131,6 +142,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
         hits5 += int(batch5)
         loss += float(F.cross_entropy(logits, labels, reduction="sum"))
         total += len(labels)
+    if sharded:  # whole counts in float64: exact sums
+        hits1, hits5, loss, total = all_reduce_sum(torch.tensor([hits1, hits5, loss, total], dtype=torch.float64))
+        hits1, hits5, loss, total = int(hits1), int(hits5), float(loss), int(total)
+    if skipped is not None:
+        skipped.extend(why for batch in gather_batch_objects(passed, sharded) for why in batch)
     if total == 0:
         raise ValueError("no readable image in the validation split")
     return {"top1": 100.0 * hits1 / total, "top5": 100.0 * hits5 / total, "loss": loss / total}
@@ -157,13 +173,23 @@ def fit_head_on_features(head: nn.Linear, features: torch.Tensor, labels: torch.
     return total / max(len(features), 1)
 
 
-def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
-    """Seed torch, numpy and random (timm's augmentations and Mixup use all three)."""
-    value = seed * 100_003 + epoch
+def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """Seed torch, numpy and random (timm's augmentations and Mixup use all three) for epoch
+    ``epoch`` on process ``rank``; returns a generator seeded the same way (the loader's)."""
+    value = seed * 100_003 + epoch + rank * 1_000_000_007
     torch.manual_seed(value)
     np.random.seed(value % 2**32)
     random.seed(value)
     return torch.Generator().manual_seed(value)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, sharded: bool = True) -> list[list[int]]:
+    """The ``n // batch_size`` batches of epoch ``epoch`` (one shuffle of ``range(n)`` seeded from
+    ``(seed, epoch)``, the last partial batch dropped: mixup pairs the images of full batches);
+    ``sharded``: this process's part of each (:func:`ibot.eval.shards.process_slice`)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    return [process_slice(order[start:start + batch_size], sharded)
+            for start in range(0, n // batch_size * batch_size, batch_size)]
 
 
 class Finetuner:
@@ -182,15 +208,22 @@ class Finetuner:
         self.output_dir = Path(output_dir)
         self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
         self.backbone_info = backbone_info or {}
-        self.device = resolve_device(cfg.device)
+        self.dist = init_distributed(resolve_device(cfg.device).type)
+        self.device = process_device(resolve_device(cfg.device))
+        self.progress = cfg.progress and self.dist.is_main
         # bf16 on GPU; fp32 on every CPU (bf16 fine-tuning on CPUs with native bf16 is unmeasured)
         self.amp_dtype = resolve_precision("bf16" if self.device.type == "cuda" else "fp32", self.device)
         train_base = build_dataset(data, split="train", holdout=holdout)
         val_base = build_dataset(data, split="val", holdout=holdout)
         self.classes = list(train_base.classes)
         num_classes = len(self.classes)
-        if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
-            raise ValueError(f"batch size {cfg.batch_size} is odd; mixup/cutmix pair the images of a batch")
+        world = self.dist.world_size
+        if cfg.batch_size % world:
+            raise ValueError(f"batch size {cfg.batch_size} is not a multiple of the {world} processes; it is "
+                             "the global batch, shared out over them")
+        if (cfg.mixup > 0 or cfg.cutmix > 0) and (cfg.batch_size // world) % 2:
+            raise ValueError(f"batch size {cfg.batch_size} gives {cfg.batch_size // world} images per process, an "
+                             "odd number; mixup/cutmix pair the images of a batch")
         if len(train_base) < cfg.batch_size:
             raise ValueError(f"{data} has {len(train_base)} training images, fewer than one batch of "
                              f"{cfg.batch_size}; lower the batch size")
@@ -221,8 +254,9 @@ class Finetuner:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
-        self.val_loader = DataLoader(self.val_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                     collate_fn=collate_skip_none)
+        self.val_loader = DataLoader(self.val_set, batch_sampler=process_batches(len(self.val_set), cfg.batch_size),
+                                     num_workers=cfg.num_workers, collate_fn=collate_skip_none)
+        self._ddp: tuple[bool, nn.Module] | None = None  # (backbone trained, the DDP wrapper)
 
     # -------------------------------------------------------------------------- checkpoints
     def save(self, epoch: int, history: list[dict[str, Any]]) -> Path:
@@ -262,7 +296,7 @@ class Finetuner:
         dataset = EvalDataset(self.train_set.base, evaluation_transform(self.cfg.image_size, self.cfg.crop_pct))
         features, labels, _ = extract_features(self.model.backbone.eval(), dataset, batch_size=self.cfg.batch_size,
                                                num_workers=self.cfg.num_workers, device=self.device,
-                                               desc="head-init features", progress=self.cfg.progress)
+                                               desc="head-init features", progress=self.progress, sharded=True)
         return features, labels
 
     def init_head(self) -> None:
@@ -273,22 +307,39 @@ class Finetuner:
         with torch.enable_grad():
             loss = fit_head_on_features(head, features, labels, self.cfg.head_init_epochs, self.cfg.seed)
         self.model.head.load_state_dict(head.state_dict())
-        write(f"classifier fitted on frozen features ({self.cfg.head_init_epochs} epochs): loss {loss:.4f}")
+        if self.dist.is_main:
+            write(f"classifier fitted on frozen features ({self.cfg.head_init_epochs} epochs): loss {loss:.4f}")
+
+    def _trained_model(self, backbone_trained: bool) -> nn.Module:
+        """The model the step runs: itself in one process, else a DDP wrapper over the parameters
+        that learn (made again, the old one dropped, when the backbone starts or stops learning)."""
+        if self.dist.world_size == 1:
+            return self.model
+        if self._ddp is None or self._ddp[0] != backbone_trained:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._ddp = None  # its reducer's hooks go with it
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = (backbone_trained, DistributedDataParallel(self.model, device_ids=ids))
+        return self._ddp[1]
 
     def train_epoch(self, epoch: int, skipped: list[str]) -> dict[str, float]:
         """One epoch of training; the unreadable images it passed over are added to ``skipped``."""
         cfg = self.cfg
-        generator = _seed_epoch(cfg.seed, epoch)
-        loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                            num_workers=cfg.num_workers, collate_fn=collate_skip_none, generator=generator)
-        self.model.train()
+        generator = _seed_epoch(cfg.seed, epoch, self.dist.rank)
+        batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, epoch)
+        loader = DataLoader(self.train_set, batch_sampler=batches, num_workers=cfg.num_workers,
+                            collate_fn=collate_skip_none, generator=generator)
         # linear-probe warm-up (LP-FT): the head learns on frozen features before the backbone moves
-        self.model.backbone.requires_grad_(epoch >= cfg.freeze_backbone_epochs)
+        backbone_trained = epoch >= cfg.freeze_backbone_epochs
+        self.model.backbone.requires_grad_(backbone_trained)
+        model = self._trained_model(backbone_trained).train()
         total, count, lr = 0.0, 0, 0.0
-        bar = progress_bar(loader, desc=f"fine-tune epoch {epoch}", unit="step", disable=not cfg.progress, leave=False)
+        passed: list[str] = []
+        bar = progress_bar(loader, desc=f"fine-tune epoch {epoch}", unit="step", disable=not self.progress, leave=False)
         for step, (images, labels, why) in enumerate(bar):
-            skipped.extend(why)
-            if len(images) < 2:
+            passed.extend(why)
+            if any_over_processes(torch.tensor(len(images) < 2)):  # every process skips the step
                 continue
             if len(images) % 2:  # a skipped unreadable image left an odd batch; mixup pairs images
                 images, labels = images[:-1], labels[:-1]
@@ -300,8 +351,8 @@ class Finetuner:
             if self.mixup is not None:
                 images, labels = self.mixup(images, labels)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                loss = self.criterion(self.model(images), labels)
-            if not torch.isfinite(loss):
+                loss = self.criterion(model(images), labels)
+            if any_over_processes(~torch.isfinite(loss)):
                 raise RuntimeError(f"fine-tuning loss is {loss.item()} at epoch {epoch}, step {step}; "
                                    "try a lower --lr")
             self.optimizer.zero_grad(set_to_none=True)
@@ -314,13 +365,16 @@ class Finetuner:
             total += loss.item()
             count += 1
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        skipped.extend(union_over_processes(passed))
+        total, count = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
         return {"train_loss": total / max(count, 1), "lr": lr}
 
     def fit(self, resume: str | Path | None = None, max_epochs: int | None = None) -> dict[str, Any]:
         """Train to ``cfg.epochs`` (or for at most ``max_epochs`` in this call, then stop with a
         checkpoint); returns the results (best and last top-1/top-5, history)."""
         start, history = self.load(resume) if resume else (0, [])
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         if start == 0 and self.cfg.head_init_epochs > 0:
             self.init_head()
         end = self.cfg.epochs if max_epochs is None else min(self.cfg.epochs, start + max_epochs)
@@ -329,13 +383,15 @@ class Finetuner:
             skipped: list[str] = []  # unreadable images met this epoch, train then val
             record = {"epoch": epoch, **self.train_epoch(epoch, skipped), "skipped_images": len(skipped)}
             record.update({f"val_{k}": v for k, v in evaluate(self.model, self.val_loader, self.device,
-                                                              skipped).items()})
+                                                              skipped, sharded=True).items()})
             record["val_skipped_images"] = len(skipped) - record["skipped_images"]
             if self.ema is not None:
                 record.update({f"ema_val_{k}": v for k, v in evaluate(self.ema.module, self.val_loader,
-                                                                      self.device).items()})
+                                                                      self.device, sharded=True).items()})
             record["seconds"] = time.perf_counter() - tic
             history.append(record)
+            if not self.dist.is_main:
+                continue
             with (self.output_dir / "log.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             write(f"fine-tune epoch {epoch}: loss {record['train_loss']:.4f}, val top-1 {record['val_top1']:.2f}%"

@@ -12,16 +12,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ibot.distributed import DistInfo, all_reduce_sum, current
 from ibot.eval.metrics import topk_hits
 
 
 @torch.no_grad()
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  test_labels: torch.Tensor, ks: Sequence[int] = (10, 20, 100, 200), temperature: float = 0.07,
-                 num_classes: int | None = None, chunk_size: int = 1024) -> dict[int, dict[str, float]]:
+                 num_classes: int | None = None, chunk_size: int = 1024,
+                 sharded: bool = False) -> dict[int, dict[str, float]]:
     """Top-1 / top-5 accuracy (percent) of weighted k-NN for each ``k`` in ``ks``.
 
-    ``train_features`` (N, D), ``test_features`` (M, D): raw features (normalised here)."""
+    ``train_features`` (N, D), ``test_features`` (M, D): raw features (normalised here), the same
+    on every process. ``sharded``: the processes of the process group share the query chunks
+    (chunk ``c`` goes to process ``c % world_size``, so each chunk is the one-process chunk) and sum
+    their hit counts: the one-process figures, on every process."""
     if len(train_features) == 0 or len(test_features) == 0:
         raise ValueError("k-NN needs at least one training and one test feature")
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
@@ -29,7 +34,8 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     test = F.normalize(test_features.float(), dim=1)
     ks = sorted({min(k, len(train)) for k in ks})
     correct = {k: torch.zeros(2) for k in ks}
-    for start in range(0, len(test), chunk_size):
+    info = current() if sharded else DistInfo()
+    for start in range(info.rank * chunk_size, len(test), info.world_size * chunk_size):
         sims = test[start:start + chunk_size] @ train.T  # (m, N) cosine similarities
         top_sims, top_idx = sims.topk(ks[-1], dim=1)  # sorted, so any k is a prefix
         top_labels = train_labels[top_idx]  # (m, kmax)
@@ -41,6 +47,8 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
             hits1, hits5 = topk_hits(votes, targets)
             correct[k][0] += hits1
             correct[k][1] += hits5
+    if sharded:  # hit counts are whole numbers: their sum is exact
+        correct = dict(zip(ks, all_reduce_sum(torch.stack([correct[k] for k in ks]))))
     return {k: {"top1": 100.0 * float(c[0]) / len(test), "top5": 100.0 * float(c[1]) / len(test)}
             for k, c in correct.items()}
 

@@ -15,6 +15,11 @@ rate of a short sweep trains on the same batches; the reported one is the best o
   mask; ``slide``: the short side resized to ``image_size``, ``image_size`` windows every
   ``stride`` pixels, window logits averaged where they overlap (mmseg's slide inference).
 - Scores (:func:`ibot.eval.metrics.segmentation_scores`): mIoU, pixel accuracy, per-class IoU.
+- Under ``torchrun`` (``sharded``): the processes share the backbone's work and every one trains
+  the same probes. Kept features: each process extracts its share of the batches, and all get the
+  whole set (:mod:`ibot.eval.shards`), the one-process features exactly; recomputed ones: each
+  process runs its part of every training batch and all get the whole batch. Evaluation: each
+  process scores its share of the val batches and the confusion matrices are summed (exact).
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from ibot.data.datasets import collate_skip_corrupt
 from ibot.data.views import EvalDataset
 from ibot.data.segmentation import IGNORE_INDEX
 from ibot.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ibot.distributed import all_reduce_sum, union_over_processes
 from ibot.eval.metrics import confusion_matrix, segmentation_scores
+from ibot.eval.shards import gather_batch_objects, gather_batches, gather_pieces, process_batches, process_slice
 from ibot.models.tokens import check_dense_size, patch_tokens
 from ibot.progress import progress_bar
 
@@ -150,51 +157,68 @@ def _eval_pair(image, mask, size: int, token_stride: int, mode: str):
     return eval_view(image, size, token_stride, mode), torch.from_numpy(np.asarray(mask, np.int64))
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int, collate: Callable, shuffle_seed: int | None = None):
-    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=generator is not None,
-                      generator=generator, collate_fn=partial(collate_skip_corrupt, collate=collate))
+def _loader(dataset: Dataset, batches: list[list[int]], num_workers: int, collate: Callable) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                      collate_fn=partial(collate_skip_corrupt, collate=collate))
 
 
 # ------------------------------------------------------------------------------ training
 class TrainBatches:
     """(tokens (B, h, w, D), labels (B, S, S)) batches of every epoch: from features kept in memory
-    when they fit in ``cfg.cache_gb``, else from the backbone again."""
+    when they fit in ``cfg.cache_gb``, else from the backbone again. ``sharded``: the processes of
+    the process group share the backbone's work, and every one gets every batch."""
 
-    def __init__(self, forward: nn.Module, dataset: Dataset, cfg: SegmentConfig, device: torch.device) -> None:
-        self.forward, self.cfg, self.device = forward, cfg, device
+    def __init__(self, forward: nn.Module, dataset: Dataset, cfg: SegmentConfig, device: torch.device,
+                 sharded: bool = False) -> None:
+        self.forward, self.cfg, self.device, self.sharded = forward, cfg, device, sharded
         self.views = EvalDataset(dataset, partial(train_view, size=cfg.image_size), joint=True)
         with torch.no_grad():
             probe = forward(torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=device))
         self.dim = probe.shape[-1]
         self.cached = len(dataset) * probe[0].numel() * 4 <= cfg.cache_gb * 2**30
-        self.skipped: list[str] = []
+        self.skipped: list[str] = []  # unreadable images met (recomputed features: on this process)
         self.tokens = self.labels = None
         if self.cached:
-            parts, labels = [], []
-            for tokens, masks in self._from_backbone(None, "features train"):
-                parts.append(tokens.cpu())
-                labels.append(masks)
-            self.tokens, self.labels = torch.cat(parts), torch.cat(labels)
+            self._keep()
 
     def __len__(self) -> int:
         return len(self.views) - len(self.skipped) if self.cached else len(self.views)
 
     @torch.no_grad()
-    def _from_backbone(self, seed: int | None, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batch = self.cfg.batch_size if seed is None else self.cfg.train_batch_size
-        loader = _loader(self.views, batch, self.cfg.num_workers, torch.utils.data.default_collate, seed)
+    def _keep(self) -> None:
+        """Extract the training features once: this process's share of the batches, then all."""
+        batches = process_batches(len(self.views), self.cfg.batch_size, self.sharded)
+        loader = _loader(self.views, batches, self.cfg.num_workers, torch.utils.data.default_collate)
+        tokens, labels, skipped = [], [], []  # one entry per batch (None: no readable image)
+        for views, why in progress_bar(loader, desc="features train", unit="batch", disable=not self.cfg.progress,
+                                       leave=False):
+            skipped.append(why)
+            images, masks = views if views is not None else (None, None)
+            tokens.append(None if images is None else self.forward(images.to(self.device)).float().cpu())
+            labels.append(masks)
+        self.skipped = list(dict.fromkeys(p for why in gather_batch_objects(skipped, self.sharded) for p in why))
+        self.tokens = torch.cat([t for t in gather_batches(tokens, self.sharded) if t is not None])
+        self.labels = torch.cat([m for m in gather_batches(labels, self.sharded) if m is not None])
+
+    @torch.no_grad()
+    def _recompute(self, seed: int, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch's batches from the backbone; each process runs its part of every batch."""
+        order = torch.randperm(len(self.views), generator=torch.Generator().manual_seed(seed)).tolist()
+        size = self.cfg.train_batch_size
+        parts = [process_slice(order[start:start + size], self.sharded) for start in range(0, len(order), size)]
+        loader = _loader(self.views, parts, self.cfg.num_workers, torch.utils.data.default_collate)
         for views, why in progress_bar(loader, desc=desc, unit="batch", disable=not self.cfg.progress, leave=False):
-            if seed is None or not self.cached:
-                self.skipped.extend(p for p in why if p not in self.skipped)
-            if views is not None:
-                images, masks = views
-                yield self.forward(images.to(self.device)).float(), masks
+            self.skipped.extend(p for p in why if p not in self.skipped)
+            images, masks = views if views is not None else (None, None)
+            tokens = None if images is None else self.forward(images.to(self.device)).float()
+            tokens, masks = gather_pieces(tokens, self.sharded), gather_pieces(masks, self.sharded)
+            if tokens is not None:
+                yield tokens, masks
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         seed = self.cfg.seed * 1000 + epoch
         if not self.cached:
-            yield from self._from_backbone(seed, f"epoch {epoch}")
+            yield from self._recompute(seed, f"epoch {epoch}")
             return
         order = torch.randperm(len(self.tokens), generator=torch.Generator().manual_seed(seed))
         for start in range(0, len(order), self.cfg.train_batch_size):
@@ -263,18 +287,20 @@ def _slide_logits(forward: nn.Module, heads: list[SegmentationHead], image: torc
 
 @torch.no_grad()
 def evaluate_heads(forward: nn.Module, heads: list[SegmentationHead], dataset: Dataset, num_classes: int,
-                   cfg: SegmentConfig, device: torch.device) -> tuple[list[torch.Tensor], list[str]]:
+                   cfg: SegmentConfig, device: torch.device,
+                   sharded: bool = False) -> tuple[list[torch.Tensor], list[str]]:
     """Each head's (C, C) confusion matrix over ``dataset`` at the masks' resolution, and the
-    unreadable images skipped."""
+    unreadable images skipped. ``sharded``: each process scores its share of the batches and every
+    one gets the sums."""
     stride_px = int(forward.mask_stride)
     window_step = cfg.stride or max(stride_px, (2 * cfg.image_size // 3) // stride_px * stride_px)
     views = EvalDataset(dataset, partial(_eval_pair, size=cfg.image_size, token_stride=stride_px, mode=cfg.eval_mode),
                         joint=True)
-    loader = _loader(views, cfg.batch_size, cfg.num_workers, list)
+    loader = _loader(views, process_batches(len(views), cfg.batch_size, sharded), cfg.num_workers, list)
     confusions = [torch.zeros(num_classes, num_classes, dtype=torch.long) for _ in heads]
-    skipped: list[str] = []
+    skipped: list[list[str]] = []  # per batch
     for items, why in progress_bar(loader, desc="features val", unit="batch", disable=not cfg.progress, leave=False):
-        skipped.extend(why)
+        skipped.append(why)
         for shape in dict.fromkeys(tuple(image.shape) for image, _ in items or []):
             group = [(image, mask) for image, mask in items if tuple(image.shape) == shape]
             images = torch.stack([image for image, _ in group]).to(device)
@@ -288,24 +314,30 @@ def evaluate_heads(forward: nn.Module, heads: list[SegmentationHead], dataset: D
                 for i, (_, mask) in enumerate(group):
                     up = F.interpolate(logits[i:i + 1], size=mask.shape, mode="bilinear", align_corners=False)
                     confusions[j] += confusion_matrix(up[0].argmax(0).cpu(), mask, num_classes, IGNORE_INDEX)
-    return confusions, skipped
+    if sharded:
+        confusions = list(all_reduce_sum(torch.stack(confusions)))
+    return confusions, [p for why in gather_batch_objects(skipped, sharded) for p in why]
 
 
 def run_probe(forward: nn.Module, train_set: Dataset, val_set: Dataset, cfg: SegmentConfig,
-              device: torch.device | str = "cpu") -> dict[str, Any]:
+              device: torch.device | str = "cpu", sharded: bool = False) -> dict[str, Any]:
     """Train the sweep of probes on ``train_set`` and score them on ``val_set``. Returns the best
-    head's scores (``miou``, ``pixel_acc``, ``per_class_iou``, ``lr``), ``per_lr`` and the counts."""
+    head's scores (``miou``, ``pixel_acc``, ``per_class_iou``, ``lr``), ``per_lr`` and the counts.
+    ``sharded``: every process of the process group takes part and gets the one-process result."""
     device = torch.device(device)
     cfg.validate(int(forward.mask_stride))
     classes = list(train_set.classes)
     forward = forward.to(device).eval()
-    batches = TrainBatches(forward, train_set, cfg, device)
+    batches = TrainBatches(forward, train_set, cfg, device, sharded)
     heads = train_heads(batches, len(classes), cfg, device)
-    confusions, val_skipped = evaluate_heads(forward, heads, val_set, len(classes), cfg, device)
+    if sharded and not batches.cached:  # each process met the unreadable images of its parts
+        batches.skipped = union_over_processes(batches.skipped)
+    confusions, val_skipped = evaluate_heads(forward, heads, val_set, len(classes), cfg, device, sharded)
     scores = [segmentation_scores(c, classes) for c in confusions]
     lrs = cfg.lrs or DEFAULT_LRS[cfg.optimizer]
     best = max(range(len(lrs)), key=lambda j: scores[j]["miou"])
     return {**scores[best], "lr": lrs[best], "head": heads[best].cpu(),
             "per_lr": [{"lr": lr, "miou": s["miou"], "pixel_acc": s["pixel_acc"]} for lr, s in zip(lrs, scores)],
-            "feature_dim": batches.dim, "cached_features": batches.cached, "num_train": len(batches),
+            "feature_dim": batches.dim, "cached_features": batches.cached,
+            "num_train": len(train_set) - len(batches.skipped),
             "num_val": len(val_set) - len(val_skipped), "skipped": batches.skipped + val_skipped}

@@ -90,7 +90,8 @@ class PrototypeLabels:
 
     def nmi(self, gather=None) -> float | None:
         """NMI (percent) of prototypes against labels, over every process when ``gather`` (a function
-        from a CPU tensor to the list of every process's) is given; None without labels."""
+        from a CPU tensor to the list of every process's, e.g. ``ibot.distributed.all_gather_objects``)
+        is given; None without labels."""
         from sklearn.metrics import normalized_mutual_info_score
 
         if not self.assigned:

@@ -24,7 +24,7 @@ from ibot.formats import ours as ckpt
 from ibot.runtime import resolve_device, resolve_precision
 from ibot.schedules import cosine_schedule
 from ibot.train.collapse import collapse_warnings
-from ibot.train.distributed import (DistInfo, all_gather_tensors, any_over_processes, barrier, init_distributed,
+from ibot.train.distributed import (DistInfo, all_gather_objects, any_over_processes, barrier, init_distributed,
                                     union_over_processes)
 from ibot.train.init_from import InitWeights, init_networks
 from ibot.train.objective import IBOTObjective
@@ -276,7 +276,7 @@ class Pretrainer:
                     return logger.records
                 tic = time.perf_counter()
             meter.skipped = dict.fromkeys(union_over_processes(meter.skipped))  # all processes' files, once each
-            nmi = self.objective.prototypes.nmi(gather=all_gather_tensors)
+            nmi = self.objective.prototypes.nmi(gather=all_gather_objects)
             extra = {} if nmi is None else {"nmi": nmi}
             if on_epoch_end is not None and self.dist.is_main:
                 extra.update(on_epoch_end(self, epoch))
