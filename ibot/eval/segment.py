@@ -310,8 +310,15 @@ def evaluate_heads(forward: nn.Module, heads: list[SegmentationHead], dataset: D
             else:
                 per_image = [_slide_logits(forward, heads, image, cfg.image_size, window_step) for image in images]
                 per_head = [torch.stack([logits[j] for logits in per_image]) for j in range(len(heads))]
+            masks = [mask for _, mask in group]
+            same_size = all(m.shape == masks[0].shape for m in masks)
             for j, logits in enumerate(per_head):
-                for i, (_, mask) in enumerate(group):
+                if same_size:  # one upsampling for the group
+                    up = F.interpolate(logits, size=masks[0].shape, mode="bilinear", align_corners=False)
+                    confusions[j] += confusion_matrix(up.argmax(1).cpu(), torch.stack(masks), num_classes,
+                                                      IGNORE_INDEX)
+                    continue
+                for i, mask in enumerate(masks):
                     up = F.interpolate(logits[i:i + 1], size=mask.shape, mode="bilinear", align_corners=False)
                     confusions[j] += confusion_matrix(up[0].argmax(0).cpu(), mask, num_classes, IGNORE_INDEX)
     if sharded:
