@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-batch-size", type=int, default=64, help="images per probe step")
     g.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     g.add_argument("--lrs", type=float, nargs="+",
-                   help="learning rates of the sweep, one probe each (default: 3e-4 1e-3 3e-3 1e-2 for AdamW, "
+                   help="learning rates of the sweep, one probe each (default: 1e-3 3e-3 1e-2 3e-2 for AdamW, "
                         "0.01 0.03 0.1 0.3 for SGD)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--cache-gb", type=float, default=4.0,

@@ -50,7 +50,7 @@ from ibot.progress import progress_bar
 
 __all__ = ["DEFAULT_LRS", "DenseFeatures", "PixelPatches", "SegmentConfig", "SegmentationHead", "run_probe"]
 
-DEFAULT_LRS = {"adamw": (3e-4, 1e-3, 3e-3, 1e-2), "sgd": (1e-2, 3e-2, 0.1, 0.3)}
+DEFAULT_LRS = {"adamw": (1e-3, 3e-3, 1e-2, 3e-2), "sgd": (1e-2, 3e-2, 0.1, 0.3)}
 EVAL_MODES = ("whole", "slide")
 
 
