@@ -6,7 +6,6 @@ per-parameter clipping, frozen last layer) -> EMA teacher -> log / atomic checkp
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
