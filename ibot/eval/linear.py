@@ -20,7 +20,6 @@ validation split, as the official script reports its best epoch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from torch import nn
 
 from ibot.eval.metrics import topk_hits
 from ibot.progress import progress_bar
+from ibot.schedules import cosine_schedule
 
 # learning rates of the sweep, for a batch of 256 (scaled linearly with the batch, as officially)
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
@@ -113,13 +113,14 @@ def train_linear_sweep(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
     weight = weight.to(device).requires_grad_()  # (H, D, C), N(0, 0.01) as officially
     bias = torch.zeros(heads, 1, num_classes, device=device, requires_grad=True)
     velocity = [torch.zeros_like(weight), torch.zeros_like(bias)]
+    scales = cosine_schedule(1.0, 0.0, epochs, 1)  # per epoch, as the official CosineAnnealingLR
     base_lrs = torch.tensor(lrs, dtype=torch.float32, device=device) * batch_size / 256.0  # linear scaling rule
 
     best1 = torch.full((heads,), -1.0)
     best5, best_epoch = torch.zeros(heads), torch.zeros(heads, dtype=torch.long)
     best_weight, best_bias = weight.detach().clone(), bias.detach().clone()  # the leading head at its best epoch
     for epoch in progress_bar(range(epochs), desc="linear sweep", unit="epoch", disable=not progress, leave=False):
-        lr = base_lrs * 0.5 * (1 + math.cos(math.pi * epoch / epochs))  # (H,)
+        lr = base_lrs * float(scales[epoch])  # (H,)
         order = torch.randperm(len(train_x), generator=generator).to(device)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]

@@ -47,6 +47,7 @@ from ibot.eval.metrics import confusion_matrix, segmentation_scores
 from ibot.eval.shards import gather_batch_objects, gather_batches, gather_pieces, process_batches, process_slice
 from ibot.models.tokens import check_dense_size, patch_tokens
 from ibot.progress import progress_bar
+from ibot.schedules import cosine_schedule
 
 __all__ = ["DEFAULT_LRS", "DenseFeatures", "PixelPatches", "SegmentConfig", "SegmentationHead", "run_probe"]
 
@@ -238,7 +239,7 @@ def train_heads(batches: TrainBatches, num_classes: int, cfg: SegmentConfig, dev
         optimizers.append(torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
                           if cfg.optimizer == "adamw" else
                           torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.weight_decay))
-    total = cfg.epochs * math.ceil(len(batches) / cfg.train_batch_size)
+    scales = cosine_schedule(1.0, 0.0, cfg.epochs, math.ceil(len(batches) / cfg.train_batch_size))
     step = 0
     for epoch in progress_bar(range(cfg.epochs), desc="segmentation probes", unit="epoch",
                               disable=not cfg.progress, leave=False):
@@ -247,7 +248,7 @@ def train_heads(batches: TrainBatches, num_classes: int, cfg: SegmentConfig, dev
             if not (masks != IGNORE_INDEX).any():
                 continue
             tokens = tokens.to(device)
-            scale = 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+            scale = float(scales[min(step, len(scales) - 1)])
             for head, optimizer, lr in zip(heads, optimizers, lrs):
                 logits = F.interpolate(head(tokens), size=masks.shape[-2:], mode="bilinear", align_corners=False)
                 loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)

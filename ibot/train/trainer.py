@@ -289,7 +289,7 @@ class Pretrainer:
         """The rolling checkpoint, and at the end of every ``run.saveckp_freq``-th epoch a snapshot
         beside it (the oldest beyond ``run.keep_snapshots`` removed); never a diverged state."""
         self._check_finite(state, saving=True)
-        gathered = self.gather()  # every process: sharded weights are gathered
+        gathered = self.gather() if self.sharded or self.dist.is_main else None  # sharded: a collective for all
         if self.dist.is_main:
             self.save(state, gathered=gathered)
             freq = self.cfg.run.saveckp_freq

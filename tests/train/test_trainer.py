@@ -114,15 +114,19 @@ def _poison_loss_at(trainer, monkeypatch, call: int) -> None:
     monkeypatch.setattr(trainer.ibot_loss, "forward", poisoned)
 
 
+def _assert_finite_checkpoint_at_step(folder, step: int) -> None:
+    tensors, meta = ckpt.load_checkpoint(folder / "checkpoint.safetensors")
+    assert meta["step_in_epoch"] == step
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, image_folder, monkeypatch):
     trainer = Pretrainer(tiny_config(tmp_path, image_folder, "run.checkpoint_every_steps=2"))
     _poison_loss_at(trainer, monkeypatch, 3)
     with pytest.raises(NonFiniteLossError, match="between epoch 0 step 2 and epoch 0 step 3.*Last good checkpoint: "
                                                  ".*checkpoint.safetensors; resume from it"):
         trainer.fit()
-    tensors, meta = ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")
-    assert meta["step_in_epoch"] == 2
-    assert all(torch.isfinite(t).all() for k, t in tensors.items() if t.is_floating_point())
+    _assert_finite_checkpoint_at_step(tmp_path, 2)
 
 
 def test_a_diverged_state_is_never_saved_between_log_steps(tmp_path, image_folder, monkeypatch):
@@ -132,9 +136,7 @@ def test_a_diverged_state_is_never_saved_between_log_steps(tmp_path, image_folde
     with pytest.raises(NonFiniteLossError, match="loss became NaN or infinite between epoch 0 step 2 and epoch 0 "
                                                  "step 3"):
         trainer.fit()
-    tensors, meta = ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")
-    assert meta["step_in_epoch"] == 2
-    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    _assert_finite_checkpoint_at_step(tmp_path, 2)
 
 
 def test_non_finite_weights_with_a_finite_loss_are_not_saved(tmp_path, image_folder, monkeypatch):
