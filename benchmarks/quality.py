@@ -4,7 +4,9 @@ On the full Fashion-MNIST (train 60k / test 10k) with the ``cpu`` preset's netwo
 stated on the command line (epochs of each stage; wall and CPU seconds are recorded), one run
 measures:
 
-- baselines: k-NN (k = 20) and the linear probe on raw pixels, and on the same network at random init;
+- baselines: k-NN (k = 20) and the linear probe on raw pixels, and on the same network at random init
+  (the linear probe's ``cached`` protocol throughout: features of the whole images, extracted once;
+  ``ibot linear --protocol augmented`` runs the official one on a checkpoint);
 - after pre-training: k-NN, linear probe, fine-tuning (``--finetune-recipe``: ``short`` by default,
   see ``ibot.eval.finetune_config``), and clustering (NMI / ARI / Hungarian ACC of the head's
   prototypes and of k-means on [CLS] features);
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = sum(t["wall_s"] for t in times.values()) / 60
     results.setdefault("runs", {})[run_name] = {
         "command": command, "data": args.data, "num_train": n_train, "num_val": n_val,
-        "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs,
+        "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs, "linear_protocol": "cached",
                    "finetune_epochs": args.finetune_epochs, "finetune_recipe": args.finetune_recipe,
                    "pretrain_set": args.pretrain_set},
         "wall_minutes": wall, "cpu_minutes": sum(t["cpu_s"] for t in times.values()) / 60, "seconds": times,

@@ -99,6 +99,12 @@ def test_crop_size_not_divisible_by_the_patch_size(capsys):
     assert "data.global_crops_size=30 is not divisible by the patch size 7; pick a multiple of 7" in line
 
 
+def test_linear_crop_scale_out_of_range(tmp_path, capsys):
+    line = one_line_error(["linear", "-c", str(tmp_path / "ck.safetensors"), "--protocol", "augmented",
+                           "--min-crop-scale", "1.5"], capsys)
+    assert "--min-crop-scale must be in (0, 1], got 1.5" in line
+
+
 # --- out of memory -----------------------------------------------------------------------------
 def raise_in(monkeypatch, name: str, error: BaseException) -> None:
     load_all()

@@ -169,11 +169,13 @@ def device(args: argparse.Namespace):
     return process_device(dev)
 
 
-def train_val_features(args: argparse.Namespace, loaded, forward, kind: str):
-    """``(train_x, train_y, val_x, val_y, info)`` of ``forward`` on the train and val splits; under
-    ``torchrun`` the processes share the extraction and each gets the whole result."""
+def train_val_features(args: argparse.Namespace, loaded, forward, kind: str, train: bool = True):
+    """``(train_x, train_y, val_x, val_y, info)`` of ``forward`` on the train and val splits
+    (``train=False``: the val split's only, train_x and train_y None); under ``torchrun`` the
+    processes share the extraction and each gets the whole result."""
     import torch
 
+    from ibot.data.datasets import build_dataset
     from ibot.eval.features import evaluation_transform, split_features
     from ibot.image_io import format_skipped
 
@@ -187,13 +189,17 @@ def train_val_features(args: argparse.Namespace, loaded, forward, kind: str):
     common = dict(cache=feature_cache(args), holdout=held, batch_size=args.batch_size, num_workers=args.num_workers,
                   device=dev, progress=not args.no_progress, sharded=True)
     identity = loaded.identity()
-    train_x, train_y, train_skipped = split_features(forward, identity, kind, data, "train", transform, **common)
+    train_x = train_y = None
+    train_skipped: list[str] = []
+    if train:
+        train_x, train_y, train_skipped = split_features(forward, identity, kind, data, "train", transform, **common)
     val_x, val_y, val_skipped = split_features(forward, identity, kind, data, "val", transform, **common)
+    num_train = len(train_y) if train else len(build_dataset(data, "train", holdout=held))
     info = {"checkpoint": str(args.checkpoint), "key": args.key, "arch": loaded.arch, "patch_size": loaded.patch_size,
-            "data": data, **holdout_info(held), "num_train": len(train_y), "num_val": len(val_y),
+            "data": data, **holdout_info(held), "num_train": num_train, "num_val": len(val_y),
             "skipped_images": len(train_skipped) + len(val_skipped)}
     if held is not None:
-        print(f"{data}: {held.describe()}: {len(train_y)} train / {len(val_y)} val images")
+        print(f"{data}: {held.describe()}: {num_train} train / {len(val_y)} val images")
     skipped = train_skipped + val_skipped
     if skipped:
         print(format_skipped(len(skipped), skipped[0]))

@@ -11,7 +11,12 @@ from ibot.commands import command
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_model_arguments(p)
     common.add_data_arguments(p)
-    g = p.add_argument_group("linear probe (fast protocol: cached center-crop features, see ibot/eval/linear.py)")
+    g = p.add_argument_group("linear probe (see ibot/eval/linear.py)")
+    g.add_argument("--protocol", choices=("cached", "augmented"), default="cached",
+                   help="cached: features of the center-cropped train images, extracted once (fast); augmented: "
+                        "the official protocol, random resized crops and flips, the backbone run every epoch")
+    g.add_argument("--min-crop-scale", type=float, default=0.08,
+                   help="augmented protocol: smallest crop, as a share of the image's area (official: 0.08)")
     g.add_argument("--n-last-blocks", type=int,
                    help="concatenate the [CLS] of this many last blocks (default: 4, or 1 for ViT-B/L)")
     g.add_argument("--avgpool-patchtokens", type=int, choices=(0, 1, 2),
@@ -31,18 +36,25 @@ def run(args: argparse.Namespace) -> int:
     from ibot.eval.linear import DEFAULT_LRS, LinearFeatures, default_recipe, train_linear_sweep
     from ibot.formats.ours import save_checkpoint
 
+    if not 0 < args.min_crop_scale <= 1:
+        raise ValueError(f"--min-crop-scale must be in (0, 1], got {args.min_crop_scale}")
     loaded = common.load_model(args)
     n_default, avgpool_default = default_recipe(loaded.arch)
     n = args.n_last_blocks if args.n_last_blocks is not None else n_default
     avgpool = args.avgpool_patchtokens if args.avgpool_patchtokens is not None else avgpool_default
     features = LinearFeatures(loaded.backbone, n, avgpool)
-    train_x, train_y, val_x, val_y, info = common.train_val_features(args, loaded, features, features.kind)
+    augmented = args.protocol == "augmented"
+    train_x, train_y, val_x, val_y, info = common.train_val_features(args, loaded, features, features.kind,
+                                                                     train=not augmented)
     if not common.is_main():  # the sweep runs on rank 0; the others helped with the features
         return 0
-    result = train_linear_sweep(train_x, train_y, val_x, val_y, lrs=args.lrs or DEFAULT_LRS, epochs=args.epochs,
-                                batch_size=args.train_batch_size, weight_decay=args.weight_decay, seed=args.seed,
-                                device=common.device(args), progress=not args.no_progress)
-    print(f"linear probe on {info['data']} ({features.kind}, {train_x.shape[1]}-d), {loaded.name} {args.key}:")
+    sweep = dict(lrs=args.lrs or DEFAULT_LRS, epochs=args.epochs, batch_size=args.train_batch_size,
+                 weight_decay=args.weight_decay, seed=args.seed, device=common.device(args),
+                 progress=not args.no_progress)
+    result = _augmented_sweep(args, loaded, features, val_x, val_y, info, sweep) if augmented \
+        else train_linear_sweep(train_x, train_y, val_x, val_y, **sweep)
+    print(f"linear probe on {info['data']} ({features.kind}, {features.dim}-d, {args.protocol} protocol), "
+          f"{loaded.name} {args.key}:")
     for r in result["per_lr"]:
         mark = "  <- best" if r["lr"] == result["lr"] else ""
         print(f"  lr {r['lr']:<8g} best top-1 {r['best_top1']:6.2f}%  last {r['final_top1']:6.2f}%{mark}")
@@ -51,7 +63,25 @@ def run(args: argparse.Namespace) -> int:
     out = common.output_dir(args)
     save_checkpoint(out / "linear_head.safetensors", {"weight": result["weight"], "bias": result["bias"]},
                     {"features": features.kind, "lr": result["lr"], "top1": result["top1"]}, kind="linear_head")
-    summary = {k: v for k, v in result.items() if k not in ("weight", "bias")}
-    common.write_results(args, "linear", {**info, "features": features.kind, "feature_dim": int(train_x.shape[1]),
-                                          "epochs": args.epochs, **summary})
+    summary = {k: v for k, v in result.items() if k not in ("weight", "bias", "skipped_images")}
+    common.write_results(args, "linear", {**info, "features": features.kind, "feature_dim": features.dim,
+                                          "protocol": args.protocol, "epochs": args.epochs, **summary})
     return 0
+
+
+def _augmented_sweep(args: argparse.Namespace, loaded, features, val_x, val_y, info: dict, sweep: dict) -> dict:
+    """The official protocol on rank 0: the train split under random resized crops and flips."""
+    from ibot.data.datasets import build_dataset
+    from ibot.data.transforms import probe_train_transform
+    from ibot.data.views import EvalDataset
+    from ibot.eval.linear import train_linear_sweep_augmented
+    from ibot.image_io import format_skipped
+
+    base = build_dataset(info["data"], "train", holdout=common.holdout(args))
+    train_set = EvalDataset(base, probe_train_transform(common.image_size(args, loaded), (args.min_crop_scale, 1.0)))
+    result = train_linear_sweep_augmented(features, train_set, val_x, val_y, num_classes=len(base.classes),
+                                          num_workers=args.num_workers, **sweep)
+    if result["skipped_images"]:
+        print(format_skipped(len(result["skipped_images"]), result["skipped_images"][0]))
+    info["skipped_images"] += len(result["skipped_images"])
+    return result

@@ -38,6 +38,7 @@ __all__ = [
     "RandomGaussianBlur",
     "default_crop_pct",
     "eval_transform",
+    "probe_train_transform",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -169,6 +170,27 @@ def default_crop_pct(image_size: int) -> float:
     (resize 256, crop 224), and no crop under 64 px (e.g. Fashion-MNIST's 28 px), whose
     pre-training crops covered the images whole."""
     return 0.875 if image_size >= 64 else 1.0
+
+
+def probe_train_transform(
+    image_size: int = 224,
+    scale: Sequence[float] = (0.08, 1.0),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """The official linear probe's training transform: random resized crop (torchvision's defaults:
+    8-100% of the area, bilinear), horizontal flip, normalise; no colour augmentation."""
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=_check_scale(scale, "crop scale"), antialias=True),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=mean, std=std),
+        ]
+    )
 
 
 def eval_transform(

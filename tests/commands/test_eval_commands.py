@@ -49,6 +49,17 @@ def test_linear_command(tiny_run, tmp_path):
     assert read_metadata(tmp_path / "linear_head.safetensors")["kind"] == "linear_head"
 
 
+def test_linear_command_augmented_protocol(tiny_run, tmp_path):
+    checkpoint, _ = tiny_run
+    result = run_json(["linear", "-c", str(checkpoint), "--output-dir", str(tmp_path), "--epochs", "2",
+                       "--protocol", "augmented", "--min-crop-scale", "0.5", "--lrs", "0.1", "--train-batch-size", "8",
+                       *QUIET], tmp_path / "linear.json")
+    assert result["protocol"] == "augmented" and result["feature_dim"] == 32 and result["num_train"] == 24
+    assert result["num_val"] == 12 and 0 <= result["top1"] <= 100
+    features = list((tmp_path / "features").glob("*.pt"))
+    assert len(features) == 1  # only the val split's center crops are cached
+
+
 def test_cluster_command(tiny_run, tmp_path):
     checkpoint, _ = tiny_run
     result = run_json(["cluster", "-c", str(checkpoint), "--output-dir", str(tmp_path), *QUIET],

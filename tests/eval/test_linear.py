@@ -1,7 +1,11 @@
 import pytest
 import torch
+from PIL import Image
 
-from ibot.eval.linear import LinearFeatures, default_recipe, train_linear_sweep
+from ibot.data.transforms import eval_transform, probe_train_transform
+from ibot.data.views import EvalDataset
+from ibot.eval.linear import LinearFeatures, default_recipe, train_linear_sweep, train_linear_sweep_augmented
+from ibot.image_io import CorruptImageError
 from ibot.models import build_backbone
 
 
@@ -49,7 +53,7 @@ def test_linear_feature_recipes(avgpool, blocks, width):
     x = torch.randn(2, 3, 16, 16)
     features = LinearFeatures(backbone, blocks, avgpool)
     out = features(x)
-    assert out.shape == (2, width)
+    assert out.shape == (2, width) and features.dim == width
     with torch.no_grad():
         layers = backbone.get_intermediate_layers(x, blocks)
         if avgpool == 0:
@@ -68,3 +72,70 @@ def test_recipe_by_architecture_and_clamped_blocks():
     assert LinearFeatures(backbone, 4, 0).n_last_blocks == 2
     with pytest.raises(ValueError, match="avgpool"):
         LinearFeatures(backbone, 4, 3)
+
+
+class ShadedImages(torch.utils.data.Dataset):
+    """16-px images whose class is their grey level (kept by any crop or flip); ``unreadable``
+    indices raise as a corrupt file does; ``calls`` counts reads."""
+
+    def __init__(self, n: int = 24, classes: int = 3, unreadable: tuple[int, ...] = ()) -> None:
+        self.labels = [i % classes for i in range(n)]
+        self.classes = [str(c) for c in range(classes)]
+        self.unreadable, self.calls = unreadable, 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        self.calls += 1
+        if index in self.unreadable:
+            raise CorruptImageError(f"img{index}.png", "truncated")
+        grey = 40 + 80 * self.labels[index] + index % 5
+        return Image.new("RGB", (16, 16), (grey, grey, grey)), self.labels[index]
+
+
+def tiny_features(seed: int = 0) -> LinearFeatures:
+    torch.manual_seed(seed)
+    backbone = build_backbone("vit_tiny", patch_size=4, img_size=16, depth=2, embed_dim=16, num_heads=2)
+    return LinearFeatures(backbone.eval(), 2, 2)
+
+
+def test_augmented_protocol_with_fixed_views_trains_the_cached_heads():
+    # a deterministic transform and one batch per epoch (order cannot matter): both protocols
+    # see the same features every epoch, so the heads must end the same
+    features, base = tiny_features(), ShadedImages()
+    transform = eval_transform(16, crop_pct=1.0)
+    with torch.no_grad():
+        x = torch.stack([features(transform(base[i][0])[None])[0] for i in range(len(base))])
+    y = torch.tensor(base.labels)
+    sweep = dict(lrs=[0.01, 1.0], epochs=4, batch_size=len(base), progress=False)
+    cached = train_linear_sweep(x, y, x, y, **sweep)
+    augmented = train_linear_sweep_augmented(features, EvalDataset(base, transform), x, y, num_classes=3,
+                                             num_workers=0, **sweep)
+    assert augmented["skipped_images"] == []
+    assert [r["best_top1"] for r in augmented["per_lr"]] == [r["best_top1"] for r in cached["per_lr"]]
+    torch.testing.assert_close(augmented["weight"], cached["weight"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(augmented["bias"], cached["bias"], rtol=1e-4, atol=1e-5)
+
+
+def test_augmented_protocol_reads_the_images_every_epoch_and_skips_unreadable_ones():
+    base = ShadedImages(unreadable=(5,))
+    val = ShadedImages(n=9)
+    features = tiny_features()
+    transform = eval_transform(16, crop_pct=1.0)
+    with torch.no_grad():
+        vx = torch.stack([features(transform(val[i][0])[None])[0] for i in range(len(val))])
+    result = train_linear_sweep_augmented(features, EvalDataset(base, probe_train_transform(16, (0.5, 1.0))), vx,
+                                          torch.tensor(val.labels), num_classes=3, lrs=[1.0], epochs=3, batch_size=8,
+                                          num_workers=0, progress=False)
+    assert base.calls == 3 * len(base)  # the backbone saw fresh crops of every image each epoch
+    assert result["skipped_images"] == ["img5.png"]  # listed once, not once per epoch
+    assert result["weight"].shape == (3, features.dim) and 0 <= result["top1"] <= 100
+
+
+def test_probe_train_transform_crops_and_flips_at_the_size():
+    image = Image.new("RGB", (40, 30), (10, 200, 30))
+    out = probe_train_transform(24)(image)
+    assert out.shape == (3, 24, 24) and out.dtype == torch.float32
+    with pytest.raises(ValueError, match="crop scale"):
+        probe_train_transform(24, (0.0, 1.0))
