@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = sum(t["wall_s"] for t in times.values()) / 60
     results.setdefault("runs", {})[run_name] = {
         "command": command, "data": args.data, "num_train": n_train, "num_val": n_val,
-        "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs, "linear_protocol": "cached",
+        "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs,
+                   "linear_protocol": "cached",
                    "finetune_epochs": args.finetune_epochs, "finetune_recipe": args.finetune_recipe,
                    "pretrain_set": args.pretrain_set},
         "wall_minutes": wall, "cpu_minutes": sum(t["cpu_s"] for t in times.values()) / 60, "seconds": times,

@@ -36,7 +36,6 @@ from ibot.schedules import cosine_schedule
 
 # learning rates of the sweep, for a batch of 256 (scaled linearly with the batch, as officially)
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
-PROTOCOLS = ("cached", "augmented")
 # one epoch's training batches: epoch index, batch-order generator -> (features (B, D), labels (B,))
 Batches = Callable[[int, torch.Generator], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -125,14 +124,15 @@ def train_linear_sweep(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
                         weight_decay, seed, device, progress)
 
 
-def train_linear_sweep_augmented(features: LinearFeatures, train_set: Dataset, val_x: torch.Tensor, val_y: torch.Tensor,
-                                 num_classes: int, lrs: Sequence[float] = DEFAULT_LRS, epochs: int = 100,
-                                 batch_size: int = 1024, momentum: float = 0.9, weight_decay: float = 0.0,
-                                 num_workers: int = 2, seed: int = 0, device: torch.device | str = "cpu",
+def train_linear_sweep_augmented(features: LinearFeatures, train_set: Dataset, val_x: torch.Tensor,
+                                 val_y: torch.Tensor, num_classes: int, lrs: Sequence[float] = DEFAULT_LRS,
+                                 epochs: int = 100, batch_size: int = 1024, momentum: float = 0.9,
+                                 weight_decay: float = 0.0, num_workers: int = 2, seed: int = 0, device: torch.device | str = "cpu",
                                  progress: bool = True) -> dict[str, Any]:
     """The official protocol: every epoch the frozen ``features`` run again on ``train_set``, an
-    :class:`ibot.data.views.EvalDataset` under a random training transform (:func:`ibot.data.transforms.probe_train_transform`); otherwise as
-    :func:`train_linear_sweep` (the same heads, schedule, validation on ``val_x`` and result).
+    :class:`ibot.data.views.EvalDataset` under a random training transform
+    (:func:`ibot.data.transforms.probe_train_transform`); otherwise as :func:`train_linear_sweep`
+    (the same heads, schedule, validation on ``val_x`` and result).
     Unreadable images are skipped; the result's ``skipped_images`` lists them (once each)."""
     device = torch.device(device)
     skipped: dict[str, None] = {}  # ordered set
