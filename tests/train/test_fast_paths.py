@@ -41,7 +41,7 @@ def loop_clip(parameters, clip):
 
 
 def test_plain_and_fast_paths_give_the_same_losses(tmp_path, image_folder, monkeypatch):
-    steps = ["run.max_steps=4", "model.drop_path_rate=0.0"]
+    steps = ["run.max_steps=4", "model.drop_path_rate=0.0", "run.precision=fp32"]  # auto is bf16 on some CPUs
     fast = _losses(Pretrainer(tiny_config(tmp_path / "fast", image_folder, *steps)).fit())
 
     monkeypatch.setattr(objective_module, "EMAUpdater", LoopEMA)
@@ -61,7 +61,7 @@ def test_plain_and_fast_paths_give_the_same_losses(tmp_path, image_folder, monke
 def test_bf16_autocast_stays_close_to_fp32(tmp_path, image_folder):
     """bf16 has an 8-bit mantissa: over a few steps losses agree to about 1e-2 relative."""
     steps = ["run.max_steps=3", "model.drop_path_rate=0.0"]
-    fp32 = _losses(Pretrainer(tiny_config(tmp_path / "fp32", image_folder, *steps)).fit())
+    fp32 = _losses(Pretrainer(tiny_config(tmp_path / "fp32", image_folder, *steps, "run.precision=fp32")).fit())
     bf16 = _losses(Pretrainer(tiny_config(tmp_path / "bf16", image_folder, *steps, "run.precision=bf16")).fit())
     assert bf16 == pytest.approx(fp32, rel=2e-2)
     assert bf16 != fp32  # autocast really ran in reduced precision
