@@ -171,11 +171,11 @@ def device(args: argparse.Namespace):
 
 def train_val_features(args: argparse.Namespace, loaded, forward, kind: str, train: bool = True):
     """``(train_x, train_y, val_x, val_y, info)`` of ``forward`` on the train and val splits
-    (``train=False``: the val split's only, train_x and train_y None); under ``torchrun`` the
-    processes share the extraction and each gets the whole result."""
+    (``train=False``: the val split's only; train_x, train_y and info's ``num_train`` None, for a
+    caller that reads the train split itself); under ``torchrun`` the processes share the
+    extraction and each gets the whole result."""
     import torch
 
-    from ibot.data.datasets import build_dataset
     from ibot.eval.features import evaluation_transform, split_features
     from ibot.image_io import format_skipped
 
@@ -194,12 +194,12 @@ def train_val_features(args: argparse.Namespace, loaded, forward, kind: str, tra
     if train:
         train_x, train_y, train_skipped = split_features(forward, identity, kind, data, "train", transform, **common)
     val_x, val_y, val_skipped = split_features(forward, identity, kind, data, "val", transform, **common)
-    num_train = len(train_y) if train else len(build_dataset(data, "train", holdout=held))
+    num_train = len(train_y) if train else None
     info = {"checkpoint": str(args.checkpoint), "key": args.key, "arch": loaded.arch, "patch_size": loaded.patch_size,
             "data": data, **holdout_info(held), "num_train": num_train, "num_val": len(val_y),
             "skipped_images": len(train_skipped) + len(val_skipped)}
     if held is not None:
-        print(f"{data}: {held.describe()}: {num_train} train / {len(val_y)} val images")
+        print(f"{data}: {held.describe()}: " + (f"{num_train} train / " if train else "") + f"{len(val_y)} val images")
     skipped = train_skipped + val_skipped
     if skipped:
         print(format_skipped(len(skipped), skipped[0]))

@@ -83,5 +83,6 @@ def _augmented_sweep(args: argparse.Namespace, loaded, features, val_x, val_y, i
                                           num_workers=args.num_workers, **sweep)
     if result["skipped_images"]:
         print(format_skipped(len(result["skipped_images"]), result["skipped_images"][0]))
+    info["num_train"] = len(base)
     info["skipped_images"] += len(result["skipped_images"])
     return result

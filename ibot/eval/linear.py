@@ -127,8 +127,8 @@ def train_linear_sweep(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
 def train_linear_sweep_augmented(features: LinearFeatures, train_set: Dataset, val_x: torch.Tensor,
                                  val_y: torch.Tensor, num_classes: int, lrs: Sequence[float] = DEFAULT_LRS,
                                  epochs: int = 100, batch_size: int = 1024, momentum: float = 0.9,
-                                 weight_decay: float = 0.0, num_workers: int = 2, seed: int = 0, device: torch.device | str = "cpu",
-                                 progress: bool = True) -> dict[str, Any]:
+                                 weight_decay: float = 0.0, num_workers: int = 2, seed: int = 0,
+                                 device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
     """The official protocol: every epoch the frozen ``features`` run again on ``train_set``, an
     :class:`ibot.data.views.EvalDataset` under a random training transform
     (:func:`ibot.data.transforms.probe_train_transform`); otherwise as :func:`train_linear_sweep`
