@@ -56,7 +56,7 @@ from ibot.formats.ours import CHECKPOINT_NAME  # noqa: E402
 from ibot.data.datasets import build_dataset  # noqa: E402
 from ibot.eval.checkpoints import LoadedBackbone, load_backbone, load_head, random_backbone  # noqa: E402
 from ibot.eval.cluster import cluster_scores, kmeans_clusters, prototype_assigner  # noqa: E402
-from ibot.eval.features import evaluation_transform, split_features  # noqa: E402
+from ibot.eval.features import evaluation_transform, image_features, split_features  # noqa: E402
 from ibot.eval.finetune import Finetuner  # noqa: E402
 from ibot.eval.finetune_config import RECIPES, finetune_recipe  # noqa: E402
 from ibot.eval.knn import knn_classify  # noqa: E402
@@ -174,13 +174,21 @@ class Protocols:
         last = slice((recipe.n_last_blocks - 1) * dim, recipe.n_last_blocks * dim)
         return feats, last
 
+    def patch_grid_features(self, loaded: LoadedBackbone, name: str):
+        """The last block's patch tokens, flattened in grid order (:class:`ibot.eval.features.PatchGrid`)."""
+        return self.features(image_features(loaded.backbone.eval(), "patch-grid"),
+                             {**loaded.identity(), "name": name}, "patch-grid")
+
     def network(self, loaded: LoadedBackbone, name: str, kmeans: bool = True) -> dict[str, Any]:
-        """Linear probe, k-NN and k-means (final [CLS]) of a ViT, from one pass."""
+        """Linear probe, k-NN and k-means (final [CLS]) of a ViT, from one pass; k-NN and the linear
+        probe on the patch grid from a second."""
         (train_x, train_y, val_x, val_y), last = self.network_features(loaded, name)
         out = {"linear": self.linear(train_x, train_y, val_x, val_y),
                "knn": self.knn(train_x[:, last], train_y, val_x[:, last], val_y)}
         if kmeans:
             out["kmeans"] = self.kmeans(val_x[:, last], val_y)
+        grid = self.patch_grid_features(loaded, name)
+        out["knn_patch_grid"], out["linear_patch_grid"] = self.knn(*grid), self.linear(*grid)
         return out
 
 
@@ -285,13 +293,16 @@ def run_unseen(args, protocols: Protocols, work: Path, times: dict) -> dict[str,
     cfg = pretrain_config(args, str(folder), work)
     checkpoint = pretrain(cfg, args, times)
     with clock(times, "unseen_knn"):
-        feats, last = protocols.network_features(load_backbone(checkpoint), "ibot-classes-" + args.classes)
+        loaded, name = load_backbone(checkpoint), "ibot-classes-" + args.classes
+        feats, last = protocols.network_features(loaded, name)
         train_x, train_y, val_x, val_y = restrict(feats, unseen)
         ibot = protocols.knn(train_x[:, last], train_y, val_x[:, last], val_y)
+        grid = protocols.knn(*restrict(protocols.patch_grid_features(loaded, name), unseen))
         raw = protocols.knn(*restrict(protocols.pixels(), unseen))
     return {"unseen_classes": {"pretrain_classes": seen, "eval_classes": unseen, "ibot_knn": ibot["top1"],
-                               "raw_knn": raw["top1"], "ibot_knn_per_k": ibot["per_k"],
-                               "raw_knn_per_k": raw["per_k"]}}
+                               "raw_knn": raw["top1"], "ibot_patch_grid_knn": grid["top1"],
+                               "ibot_knn_per_k": ibot["per_k"], "raw_knn_per_k": raw["per_k"],
+                               "ibot_patch_grid_knn_per_k": grid["per_k"]}}
 
 
 def flatten(out: dict[str, Any]) -> dict[str, Any]:
@@ -313,27 +324,41 @@ def table(results: dict[str, Any]) -> str:
         value = results.get(name, {}).get(key)
         return f"{value:.1f}%" if isinstance(value, (int, float)) else ""
 
-    lines = ["| | k-NN (k = 20) | Lin. | Fin. |", "|---|---|---|---|"]
+    keys = ("knn", "linear", "finetune", "knn_patch_grid", "linear_patch_grid")
+    lines = ["| | k-NN (k = 20) | Lin. | Fin. | k-NN, patch grid | Lin., patch grid |", "|---" * 6 + "|"]
     for name, label in (("raw_pixels", "raw pixels"), ("random_init", "random init"), ("scratch", "from scratch"),
                         ("dino_only", "DINO only (lambda2 = 0)"), ("ibot", "iBOT")):
         if name in results:
-            lines.append(f"| {label} | {cell(name, 'knn')} | {cell(name, 'linear')} | {cell(name, 'finetune')} |")
+            lines.append(f"| {label} | " + " | ".join(cell(name, key) for key in keys) + " |")
     unseen = results.get("unseen_classes")
     if unseen:
+        grid = unseen.get("ibot_patch_grid_knn")
         lines.append(f"| unseen classes {unseen['eval_classes']}: iBOT on {unseen['pretrain_classes']} / raw pixels "
-                     f"| {unseen['ibot_knn']:.1f}% / {unseen['raw_knn']:.1f}% | | |")
+                     f"| {unseen['ibot_knn']:.1f}% / {unseen['raw_knn']:.1f}% | | | "
+                     + (f"{grid:.1f}% / {unseen['raw_knn']:.1f}%" if grid is not None else "") + " | |")
     return "\n".join(lines)
 
 
+def same_pretraining(results: dict[str, Any], *runs: str) -> bool:
+    """Whether the ``runs`` (names under ``results["runs"]``) pre-trained with the same budget and
+    options, apart from what tells them apart (the ablation, the classes)."""
+    def budget(run: str) -> tuple:
+        b = results.get("runs", {}).get(run, {}).get("budget", {})
+        return b.get("pretrain_epochs"), tuple(b.get("pretrain_set", ()))
+
+    return len({budget(run) for run in runs}) == 1
+
+
 def checks(results: dict[str, Any]) -> dict[str, bool]:
-    """The comparisons the benchmark exists for, as far as the figures at hand allow."""
+    """The comparisons the benchmark exists for, as far as the figures at hand allow (iBOT against
+    DINO only when both had the same pre-training budget)."""
     r, out = results, {}
     if "ibot" in r and "raw_pixels" in r:
         for key in ("knn", "linear"):
             out[f"ibot_{key}_beats_baselines"] = r["ibot"][key] > max(r["raw_pixels"][key], r["random_init"][key])
         out["finetune_beats_scratch_and_linear"] = r["ibot"]["finetune"] > max(r["scratch"]["finetune"],
                                                                                r["ibot"]["linear"])
-    if "ibot" in r and "dino_only" in r:
+    if "ibot" in r and "dino_only" in r and same_pretraining(r, "ibot", "dino-only"):
         out["ibot_beats_dino_only"] = all(r["ibot"][k] > r["dino_only"][k] for k in ("knn", "linear"))
     if "unseen_classes" in r:
         out["unseen_features_beat_pixels"] = r["unseen_classes"]["ibot_knn"] > r["unseen_classes"]["raw_knn"]

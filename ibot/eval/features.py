@@ -19,7 +19,35 @@ from ibot.data.datasets import Holdout, build_dataset
 from ibot.data.views import EvalDataset, collate_skip_none
 from ibot.distributed import any_over_processes, current
 from ibot.eval.shards import gather_batch_objects, gather_batches, process_batches
+from ibot.models.tokens import patch_tokens
 from ibot.progress import progress_bar
+
+# one vector an image for k-NN: the [CLS] token (the official protocol) or the patch-token grid
+IMAGE_FEATURES = ("cls", "patch-grid")
+
+
+class PatchGrid(nn.Module):
+    """``images -> the last block's patch tokens in raster order, flattened: (B, h * w * D)``.
+
+    Nothing is pooled, so where each patch lies stays in the vector: on small centred images
+    (Fashion-MNIST, a 4 x 4 grid at patch 7) it keeps what the [CLS] token's crop invariance
+    averages away. Its width grows with the grid (ViT-S/16 at 224 px: 75,264 values an image),
+    so it suits small images and small datasets."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return patch_tokens(self.backbone, images).flatten(1)
+
+
+def image_features(backbone: nn.Module, kind: str) -> nn.Module:
+    """The forward that gives ``kind`` (one of :data:`IMAGE_FEATURES`): the backbone itself for
+    ``cls`` (its output is the normed [CLS]), :class:`PatchGrid` for ``patch-grid``."""
+    if kind not in IMAGE_FEATURES:
+        raise ValueError(f"features must be one of {', '.join(IMAGE_FEATURES)}, got {kind!r}")
+    return backbone if kind == "cls" else PatchGrid(backbone)
 
 
 @torch.no_grad()

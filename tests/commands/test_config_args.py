@@ -30,7 +30,7 @@ EVAL_FLAGS = {  # those of every feature-based evaluation, which adds its own (E
     "--holdout-seed", "--image-size", "--key", "--no-cache", "--no-progress", "--num-workers", "--output-dir",
     "--patch-size", "-c", "-h"}
 EVAL_COMMAND_FLAGS = {
-    "knn": {"--ks", "--temperature"},
+    "knn": {"--ks", "--temperature", "--features"},
     "linear": {"--avgpool-patchtokens", "--epochs", "--lrs", "--n-last-blocks", "--seed", "--train-batch-size",
                "--weight-decay", "--protocol", "--min-crop-scale"},
     "cluster": {"--methods", "--num-clusters", "--seed", "--split"},

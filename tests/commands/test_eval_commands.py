@@ -7,7 +7,13 @@ import json
 import pytest
 
 from ibot.cli import main
+from ibot.data.datasets import build_dataset
+from ibot.data.views import EvalDataset
+from ibot.eval.checkpoints import load_backbone
+from ibot.eval.features import IMAGE_FEATURES, evaluation_transform, extract_features
+from ibot.eval.knn import knn_classify
 from ibot.formats.ours import read_metadata
+from ibot.models.tokens import patch_tokens
 from tests.eval.helpers import session_tiny_run
 from tests.train.helpers import make_image_folder
 
@@ -36,6 +42,25 @@ def test_knn_command_caches_features(tiny_run, tmp_path):
     stamps = [p.stat().st_mtime_ns for p in cached]
     assert run_json(argv, tmp_path / "knn.json")["results"] == first["results"]
     assert [p.stat().st_mtime_ns for p in cached] == stamps  # read, not rewritten
+
+
+def test_knn_command_patch_grid_features(tiny_run, tmp_path):
+    """``--features patch-grid``: k-NN on the flattened patch tokens, cached apart from the [CLS] ones."""
+    checkpoint, folder = tiny_run
+    common = ["knn", "-c", str(checkpoint), "--data", str(folder), "--ks", "1", "3", "--cache-dir",
+              str(tmp_path / "features"), *QUIET]
+    results = {kind: run_json([*common, "--output-dir", str(tmp_path / kind), "--features", kind],
+                              tmp_path / kind / "knn.json") for kind in IMAGE_FEATURES}  # every kind runs
+    assert results["patch-grid"]["features"] == "patch-grid"
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 2 * len(IMAGE_FEATURES)  # kinds x splits
+    loaded = load_backbone(checkpoint)
+    transform = evaluation_transform(loaded.image_size)
+    train, val = (extract_features(lambda x: patch_tokens(loaded.backbone, x).flatten(1),
+                                   EvalDataset(build_dataset(str(folder), split), transform), progress=False)
+                  for split in ("train", "val"))
+    expected = knn_classify(train[0], train[1], val[0], val[1], ks=(1, 3))
+    assert {k: v["top1"] for k, v in results["patch-grid"]["results"].items()} == \
+        {str(k): v["top1"] for k, v in expected.items()}
 
 
 def test_linear_command(tiny_run, tmp_path):

@@ -1,8 +1,10 @@
+import pytest
 import torch
 from torch.utils.data import Dataset
 
 from ibot.data.datasets import CorruptImageError
-from ibot.eval.features import EvalDataset, FeatureCache, extract_features
+from ibot.eval.features import EvalDataset, FeatureCache, PatchGrid, extract_features, image_features
+from ibot.models import build_backbone
 
 
 class Points(Dataset):
@@ -66,3 +68,17 @@ def test_damaged_cache_file_is_replaced(tmp_path):
     assert forward.calls == 1 and features.shape == (5, 2)
     assert cache.load_or_extract(parts, forward, EvalDataset(Points(), lambda t: t), progress=False)[0].shape == (5, 2)
     assert forward.calls == 1
+
+
+def test_patch_grid_keeps_each_token_in_grid_order():
+    backbone = build_backbone("vit_tiny", patch_size=7, img_size=28, depth=1, embed_dim=16, num_heads=2).eval()
+    images = torch.randn(3, 3, 28, 28)
+    with torch.no_grad():
+        tokens = backbone(images, return_all_tokens=True)  # (3, 1 + 16, 16)
+        grid = image_features(backbone, "patch-grid")(images)
+    assert grid.shape == (3, 16 * 16)
+    torch.testing.assert_close(grid.view(3, 16, 16), tokens[:, 1:])  # token i of the raster at i * D
+    assert image_features(backbone, "cls") is backbone and isinstance(image_features(backbone, "patch-grid"),
+                                                                      PatchGrid)
+    with pytest.raises(ValueError, match="features must be one of cls, patch-grid"):
+        image_features(backbone, "pooled")
