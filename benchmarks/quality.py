@@ -12,6 +12,11 @@ measures:
   prototypes and of k-means on [CLS] features);
 - the same network fine-tuned from random initialisation with the same recipe and budget (``scratch``).
 
+Each network (random init, pre-trained, DINO only, unseen classes) is also scored on its patch-token
+grid (``ibot knn --features patch-grid``: the final patch tokens, flattened in grid order): k-NN and
+the linear probe, ``knn_patch_grid`` and ``linear_patch_grid`` (unseen classes: k-NN only,
+``unseen_classes.ibot_patch_grid_knn``).
+
 Two more runs of the same script add their figures to the same results file:
 
 - ``--ablation dino-only``: pre-training without the masked-patch loss (``loss.lambda2=0``), same

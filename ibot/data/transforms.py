@@ -69,6 +69,11 @@ def _check_scale(scale: Sequence[float], name: str) -> tuple[float, float]:
     return float(scale[0]), float(scale[1])
 
 
+def _normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
+    """The tail every image transform ends with: PIL -> (3, H, W) float in [0, 1] -> normalised."""
+    return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=mean, std=std)]
+
+
 def _crop_transform(
     size: int,
     scale: tuple[float, float],
@@ -92,12 +97,7 @@ def _crop_transform(
     ]
     if solarize_p > 0:
         ops.append(v2.RandomSolarize(threshold=SOLARIZE_LEVEL, p=solarize_p))
-    ops += [
-        v2.PILToTensor(),  # PIL -> (3, size, size) uint8
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=mean, std=std),
-    ]
-    return v2.Compose(ops)
+    return v2.Compose([*ops, *_normalized_tensor(mean, std)])
 
 
 class MultiCropAugmentation:
@@ -186,9 +186,7 @@ def probe_train_transform(
         [
             v2.RandomResizedCrop(image_size, scale=_check_scale(scale, "crop scale"), antialias=True),
             v2.RandomHorizontalFlip(p=0.5),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=mean, std=std),
+            *_normalized_tensor(mean, std),
         ]
     )
 
@@ -209,8 +207,6 @@ def eval_transform(
         [
             v2.Resize(math.floor(image_size / crop_pct), interpolation=InterpolationMode.BICUBIC),
             v2.CenterCrop(image_size),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=mean, std=std),
+            *_normalized_tensor(mean, std),
         ]
     )
