@@ -52,7 +52,7 @@ class Exportable:
 
 def _load_classifier(path: Path) -> Exportable:
     """The fine-tuned model of an ``ibot finetune`` checkpoint (:mod:`ibot.eval.finetune`)."""
-    from ibot.eval.finetune import FinetuneModel
+    from ibot.eval.finetune_model import FinetuneModel
     from ibot.models import build_backbone
     from ibot.formats.ours import checkpoint_kind, load_checkpoint, strip_prefix
 
