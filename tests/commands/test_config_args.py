@@ -32,7 +32,7 @@ EVAL_FLAGS = {  # those of every feature-based evaluation, which adds its own (E
 EVAL_COMMAND_FLAGS = {
     "knn": {"--ks", "--temperature", "--features"},
     "linear": {"--avgpool-patchtokens", "--epochs", "--lrs", "--n-last-blocks", "--seed", "--train-batch-size",
-               "--weight-decay", "--protocol", "--min-crop-scale"},
+               "--weight-decay", "--protocol", "--min-crop-scale", "--features"},
     "cluster": {"--methods", "--num-clusters", "--seed", "--split"},
     "semisup": {"--C", "--fractions", "--max-iter", "--seed"},
 }

@@ -85,6 +85,18 @@ def test_linear_command_augmented_protocol(tiny_run, tmp_path):
     assert len(features) == 1  # only the val split's center crops are cached
 
 
+def test_linear_command_patch_grid_features(tiny_run, tmp_path):
+    """``--features patch-grid``: the probe reads the flattened patch tokens (grid x width values)."""
+    checkpoint, folder = tiny_run
+    result = run_json(["linear", "-c", str(checkpoint), "--output-dir", str(tmp_path), "--epochs", "2",
+                       "--features", "patch-grid", "--lrs", "0.1", "--train-batch-size", "8", *QUIET],
+                      tmp_path / "linear.json")
+    loaded = load_backbone(checkpoint)
+    grid = (loaded.image_size // loaded.patch_size) ** 2
+    assert result["features"] == "patch-grid" and result["feature_dim"] == grid * loaded.backbone.embed_dim
+    assert read_metadata(tmp_path / "linear_head.safetensors")["features"] == "patch-grid"
+
+
 def test_cluster_command(tiny_run, tmp_path):
     checkpoint, _ = tiny_run
     result = run_json(["cluster", "-c", str(checkpoint), "--output-dir", str(tmp_path), *QUIET],
@@ -165,6 +177,7 @@ def test_finetune_command_recipe_and_overrides(tiny_run, tmp_path):
     (["knn", "-c", "CKPT", "--data", "/nonexistent/images"], "/nonexistent/images"),
     (["knn", "-c", "CKPT", "--ks", "0"], "--ks"),
     (["linear", "-c", "CKPT", "--arch", "vit_base"], "vit_tiny/4"),
+    (["linear", "-c", "CKPT", "--features", "patch-grid", "--n-last-blocks", "2"], "--n-last-blocks"),
     (["cluster", "-c", "OFFICIAL"], "--arch"),
     (["finetune", "-c", "CKPT", "--resume", "/nonexistent/ft.safetensors"], "/nonexistent/ft.safetensors"),
 ])
