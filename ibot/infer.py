@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ibot.formats.onnx_outputs import PATCH_OUTPUT, TOKEN_CHOICES
 from ibot.image_io import load_rgb
 
 __all__ = [
@@ -38,8 +39,6 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 META_PREFIX = "ibot."  # keys of the ONNX metadata_props written by ibot.export
-TOKENS = ("cls", "patch", "all")  # ibot.models.tokens.TOKEN_CHOICES, without importing torch
-PATCH_OUTPUT = "patch_tokens"  # the name of the patch-token output of an exported backbone
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def read_tokens(metadata: dict[str, str], model_path: str | Path = "model") -> t
     """``(tokens, (h, w) grid or None)`` of an exported model; one exported before ``--tokens``
     existed gives ``("cls", None)``."""
     tokens = metadata.get(f"{META_PREFIX}tokens", "cls")
-    if tokens not in TOKENS:
+    if tokens not in TOKEN_CHOICES:
         raise ValueError(f"{model_path}: unknown tokens {tokens!r} in its metadata")
     grid = metadata.get(f"{META_PREFIX}grid")
     if grid is None:

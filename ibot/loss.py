@@ -16,6 +16,7 @@ the masked tokens (patches).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CENTERINGS", "IBOTLoss", "koleo_loss", "sinkhorn_knopp", "teacher_temp_schedule"]
+__all__ = ["CENTERINGS", "IBOTLoss", "TeacherTargets", "koleo_loss", "sinkhorn_knopp", "teacher_temp_schedule"]
 
 CENTERINGS = ("mean", "sinkhorn")  # of the teacher's outputs: the official centre, DINOv2's Sinkhorn-Knopp
 
@@ -87,12 +88,21 @@ def koleo_loss(features: Tensor, eps: float = 1e-8) -> Tensor:
         return -torch.log(distance + eps).mean()
 
 
+class TeacherTargets(NamedTuple):
+    """The teacher's distributions a loss step used (detached): ``cls`` (G*B, K) and the masked
+    tokens' ``patch`` (M, K2), each row summing to 1."""
+
+    cls: Tensor
+    patch: Tensor
+
+
 class IBOTLoss(nn.Module):
     """iBOT loss with teacher centring and sharpening (official ``iBOTLoss`` defaults).
 
     Inputs are crop-major: rows ``[c * B:(c + 1) * B]`` are crop ``c`` of every image. Returns
     ``{"cls": lambda1 * mean over the ngcrops * (ncrops - 1) crop pairs, "patch": lambda2 * mean
-    over the ngcrops views, "loss": cls + patch}``.
+    over the ngcrops views, "loss": cls + patch}``; :meth:`forward_with_targets` also returns the
+    teacher distributions it scored against (:class:`TeacherTargets`).
     """
 
     center: Tensor
@@ -155,6 +165,19 @@ class IBOTLoss(nn.Module):
         epoch: int,
         mask_index: Tensor,
     ) -> dict[str, Tensor]:
+        """The loss terms; arguments as :meth:`forward_with_targets`."""
+        return self.forward_with_targets(student_output, teacher_output, student_local_cls, student_mask, epoch,
+                                         mask_index)[0]
+
+    def forward_with_targets(
+        self,
+        student_output: tuple[Tensor, Tensor],
+        teacher_output: tuple[Tensor, Tensor, Tensor],
+        student_local_cls: Tensor | None,
+        student_mask: Sequence[Tensor] | Tensor,
+        epoch: int,
+        mask_index: Tensor,
+    ) -> tuple[dict[str, Tensor], TeacherTargets]:
         """``student_output = (cls (G*B, K), patch (M, K2))``, ``teacher_output = (cls (G*B, K),
         patch (M, K2), patch_mean (G*B, K2))``, ``student_local_cls (L*B, K)`` or None,
         ``student_mask``: G bool tensors (B, h, w) or one (G*B, h, w) tensor, True = masked;
@@ -200,6 +223,7 @@ class IBOTLoss(nn.Module):
         else:
             teacher_cls_p = F.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
             teacher_patch_p = F.softmax((teacher_patch - self.center2[0]) / temp2, dim=-1).detach()
+        targets = TeacherTargets(teacher_cls_p.detach(), teacher_patch_p.detach())
         student_cls_lp = F.log_softmax(student_cls / self.student_temp, dim=-1)
         student_patch_lp = F.log_softmax(student_patch / self.student_temp, dim=-1)
 
@@ -219,7 +243,7 @@ class IBOTLoss(nn.Module):
         loss_patch = per_image.mean() * self.lambda2
 
         self.update_center(teacher_cls, teacher_mean)
-        return {"cls": loss_cls, "patch": loss_patch, "loss": loss_cls + loss_patch}
+        return {"cls": loss_cls, "patch": loss_patch, "loss": loss_cls + loss_patch}, targets
 
     def _flat_mask(self, student_mask: Sequence[Tensor] | Tensor, crops: int) -> Tensor:
         """Masks as one (G*B, N) bool tensor, checked against the teacher's G*B crops."""

@@ -14,9 +14,9 @@ import torch
 from ibot.config import resolve_config
 from ibot.export import compare_with_onnx, export_checkpoint, export_onnx, load_exportable, output_shapes
 from ibot.formats.ours import prefixed, save_checkpoint
-from ibot.infer import TOKENS, Preprocess, read_model_info, read_tokens
+from ibot.infer import Preprocess, read_model_info, read_tokens
 from ibot.models import build_backbone
-from ibot.models.tokens import TOKEN_CHOICES, TokenOutputs, patch_tokens
+from ibot.models.tokens import TokenOutputs, patch_tokens
 from tests.tiny import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
 
 TINY = [*TINY_MODEL_OVERRIDES, *TINY_CROP_OVERRIDES]
@@ -200,7 +200,3 @@ def test_tokens_other_than_cls_are_refused_for_a_classifier(tiny_checkpoint, tmp
     with pytest.raises(ValueError, match="--tokens must be one of cls, patch, all"):
         export_checkpoint(tiny_checkpoint, tmp_path / "m.onnx", tokens="dense")
     assert not (tmp_path / "m.onnx").exists()
-
-
-def test_inference_knows_every_token_choice():
-    assert TOKENS == TOKEN_CHOICES  # ibot.infer spells them out to stay torch-free

@@ -78,6 +78,30 @@ def test_only_masked_tokens_count():
     assert after.item() == pytest.approx(before.item(), rel=1e-6)
 
 
+def test_forward_with_targets_hands_out_the_distributions_the_loss_scored_against():
+    """The targets are the teacher's centred, sharpened softmax with the centres from before this
+    step's update (the loss moves them after scoring), and the loss terms are forward's."""
+    gen = torch.Generator().manual_seed(3)
+    (s_cls, s_patch), (t_cls, t_patch), local, masks = random_inputs(gen, batch=4)
+    padded, m = masked_token_index(torch.cat(masks))
+    index = padded[:m]
+    student, teacher = (s_cls, pack(s_patch, index)), (t_cls, pack(t_patch, index), t_patch.mean(1))
+    loss, plain, epoch = make_loss(), make_loss(), 1
+    for module in (loss, plain):
+        module.center.copy_(torch.linspace(-1, 1, 16))
+        module.center2.copy_(torch.linspace(1, -1, 12))
+    center, center2 = loss.center.clone(), loss.center2.clone()
+    terms, targets = loss.forward_with_targets(student, teacher, local, masks, epoch, index)
+    assert not torch.equal(loss.center, center)  # updated after the targets were taken
+    temp, temp2 = float(loss.teacher_temp_schedule[epoch]), float(loss.teacher_temp2_schedule[epoch])
+    torch.testing.assert_close(targets.cls, F.softmax((t_cls - center) / temp, dim=-1), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(targets.patch, F.softmax((teacher[1] - center2[0]) / temp2, dim=-1),
+                               rtol=1e-6, atol=1e-7)
+    assert targets.cls.shape == (8, 16) and targets.patch.shape == (m, 12) and not targets.cls.requires_grad
+    same = plain(student, teacher, local, masks, epoch, index)
+    assert all(terms[key].item() == same[key].item() for key in ("cls", "patch", "loss"))
+
+
 def test_patch_loss_equals_the_dense_official_formula_and_host_index():
     """Scoring masked tokens only (and with a host-computed index) gives the official dense sum:
     softmax and log-softmax over every token, times the mask, per-image mean, batch mean."""

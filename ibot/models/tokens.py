@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TOKEN_CHOICES", "TokenOutputs", "check_dense_size", "patch_tokens", "token_grid"]
+from ibot.formats.onnx_outputs import OUTPUT_NAMES, TOKEN_CHOICES
 
-TOKEN_CHOICES = ("cls", "patch", "all")
+__all__ = ["TOKEN_CHOICES", "TokenOutputs", "check_dense_size", "patch_tokens", "token_grid"]
 
 
 def token_grid(backbone: nn.Module, height: int, width: int) -> tuple[int, int]:
@@ -69,7 +69,7 @@ class TokenOutputs(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return {"cls": ["features"], "patch": ["patch_tokens"], "all": ["features", "patch_tokens"]}[self.tokens]
+        return list(OUTPUT_NAMES[self.tokens])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.tokens == "cls":

@@ -3,7 +3,7 @@
 Computed on the device from outputs the step has anyway (no extra forward, no sync):
 
 - ``teacher_entropy_cls`` / ``teacher_entropy_patch``: mean entropy of the teacher's centred,
-  sharpened distributions (the loss's targets), divided by ``log K``: 1 is a uniform teacher (no
+  sharpened distributions (the loss's targets, as the loss computed them), divided by ``log K``: 1 is a uniform teacher (no
   signal: the targets say nothing), values near 0 are confident targets;
 - ``teacher_batch_entropy_cls``: entropy of the batch's mean [CLS] distribution over ``log K``:
   near 0, every image goes to the same few prototypes (the collapse centring prevents);
@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ibot.loss import TeacherTargets
+
 # warn when, after the first epoch, a window's mean crosses one of these
 UNIFORM_TEACHER = 0.98  # teacher_entropy_cls at or above: the targets are (almost) uniform
 ONE_PROTOTYPE = 0.02  # teacher_batch_entropy_cls at or below: (almost) every image on one prototype
@@ -40,17 +42,15 @@ def _normalised_entropy(p: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def collapse_metrics(teacher_cls: Tensor, teacher_patch: Tensor, student_cls: Tensor, student_features: Tensor,
-                     center: Tensor, center2: Tensor, temp: float, temp2: float) -> dict[str, Tensor]:
-    """The module's step metrics (0-dim device tensors) from the teacher's [CLS] and masked-patch
-    logits (G*B, K), (M, K2), the student's [CLS] logits of the same global crops (G*B, K), its
-    backbone [CLS] features (G*B, D), and the loss's centres and teacher temperatures."""
-    p_cls = F.softmax((teacher_cls.float() - center) / temp, dim=-1)
-    out = {"teacher_entropy_cls": _normalised_entropy(p_cls).mean(),
-           "teacher_batch_entropy_cls": _normalised_entropy(p_cls.mean(0))}
-    if teacher_patch.shape[0]:
-        p_patch = F.softmax((teacher_patch.float() - center2.reshape(1, -1)) / temp2, dim=-1)
-        out["teacher_entropy_patch"] = _normalised_entropy(p_patch).mean()
+def collapse_metrics(targets: TeacherTargets, teacher_cls: Tensor, student_cls: Tensor,
+                     student_features: Tensor) -> dict[str, Tensor]:
+    """The module's step metrics (0-dim device tensors) from the distributions the loss scored
+    against (:meth:`ibot.loss.IBOTLoss.forward_with_targets`), the teacher's and the student's [CLS]
+    logits of the global crops (G*B, K) and the student's backbone [CLS] features (G*B, D)."""
+    out = {"teacher_entropy_cls": _normalised_entropy(targets.cls).mean(),
+           "teacher_batch_entropy_cls": _normalised_entropy(targets.cls.mean(0))}
+    if targets.patch.shape[0]:
+        out["teacher_entropy_patch"] = _normalised_entropy(targets.patch).mean()
     features = F.normalize(student_features.float(), dim=-1)
     out["student_cls_spread"] = features.std(0).mean() * math.sqrt(features.shape[-1])
     out["cls_agreement"] = (teacher_cls.argmax(-1) == student_cls.argmax(-1)).float().mean()

@@ -90,17 +90,16 @@ class IBOTObjective:
                 teacher = self.teacher_step(global_crops, mask_index=rows)
             student = self.student_step(global_crops, masks, local_crops, mask_index=rows)
             # packed patch rows past m are padding
-            losses = self.loss((student.cls, student.patch[:m]), (teacher.cls, teacher.patch[:m], teacher.patch_mean),
-                               student.local_cls, masks, epoch, rows[:m])
+            losses, targets = self.loss.forward_with_targets(
+                (student.cls, student.patch[:m]), (teacher.cls, teacher.patch[:m], teacher.patch_mean),
+                student.local_cls, masks, epoch, rows[:m])
             if self.koleo_weight > 0:  # per global crop, as DINOv2 does
                 chunks = student.backbone_cls.chunk(self.global_crops_number)
                 losses["koleo"] = self.koleo_weight * sum(koleo_loss(c) for c in chunks)
                 losses["loss"] = losses["loss"] + losses["koleo"]
 
         self.scaler.scale(losses["loss"]).backward()
-        metrics = collapse_metrics(teacher.cls, teacher.patch[:m], student.cls, student.backbone_cls,
-                                   self.loss.center, self.loss.center2, float(self.loss.teacher_temp_schedule[epoch]),
-                                   float(self.loss.teacher_temp2_schedule[epoch]))
+        metrics = collapse_metrics(targets, teacher.cls, student.cls, student.backbone_cls)
         self.prototypes.add(teacher.cls, None if batch.labels is None else batch.labels.to(self.device))
         return {**{k: v.detach() for k, v in losses.items()}, **metrics}
 

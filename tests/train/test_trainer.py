@@ -321,17 +321,18 @@ def test_steps_log_collapse_signs_and_epochs_the_prototypes_nmi(tmp_path, image_
 
 
 def test_collapse_metrics_and_warnings_on_planted_outputs():
+    from ibot.loss import TeacherTargets
     from ibot.train.collapse import collapse_metrics, collapse_warnings
 
     k, d = 64, 16
     same = torch.zeros(8, k)
     same[:, 3] = 50.0  # every image sure of prototype 3
-    collapsed = collapse_metrics(same, torch.zeros(0, k), same, torch.ones(8, d), torch.zeros(1, k),
-                                 torch.zeros(1, k), 0.04, 0.04)
+    targets = TeacherTargets(torch.softmax(same / 0.04, -1), torch.zeros(0, k))
+    collapsed = collapse_metrics(targets, same, same, torch.ones(8, d))
     assert collapsed["teacher_batch_entropy_cls"] < 0.01 and collapsed["student_cls_spread"] < 1e-6
     assert collapsed["cls_agreement"] == 1 and "teacher_entropy_patch" not in collapsed
-    uniform = collapse_metrics(torch.zeros(8, k), torch.zeros(5, k), torch.randn(8, k), torch.randn(8, d),
-                               torch.zeros(1, k), torch.zeros(1, k), 0.04, 0.04)
+    flat = TeacherTargets(torch.full((8, k), 1 / k), torch.full((5, k), 1 / k))
+    uniform = collapse_metrics(flat, torch.zeros(8, k), torch.randn(8, k), torch.randn(8, d))
     assert uniform["teacher_entropy_cls"] == pytest.approx(1.0) and uniform["teacher_entropy_patch"] == pytest.approx(1)
     assert 0.5 < uniform["student_cls_spread"] < 1.5
     window = {key: float(value) for key, value in collapsed.items()}

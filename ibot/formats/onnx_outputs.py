@@ -1,0 +1,11 @@
+"""Names in an exported ONNX backbone (``ibot export``), shared by the exporter and by inference
+(which must not import torch): what ``--tokens`` may ask for and the graph output of each."""
+
+from __future__ import annotations
+
+__all__ = ["CLS_OUTPUT", "OUTPUT_NAMES", "PATCH_OUTPUT", "TOKEN_CHOICES"]
+
+CLS_OUTPUT = "features"  # (batch, D): the [CLS] (ViT) or pooled (Swin) token
+PATCH_OUTPUT = "patch_tokens"  # (batch, h, w, D): the last block's patch tokens on their grid
+OUTPUT_NAMES = {"cls": (CLS_OUTPUT,), "patch": (PATCH_OUTPUT,), "all": (CLS_OUTPUT, PATCH_OUTPUT)}
+TOKEN_CHOICES = tuple(OUTPUT_NAMES)
