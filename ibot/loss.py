@@ -185,7 +185,8 @@ class IBOTLoss(nn.Module):
 
         Patch outputs come packed: the rows of the M masked tokens only, in ``mask_index`` order
         (:class:`ibot.models.MultiCropWrapper`); the teacher's ``patch_mean`` is each crop's mean
-        patch output over all N tokens, which feeds the centre."""
+        patch output over all N tokens, which feeds the centre. Returns the terms and the teacher
+        distributions they scored against, taken before this step moves the centres."""
         # the loss is computed in float32 whatever autocast gave the networks (as CUDA autocast
         # does for softmax in the official code)
         student_cls, student_patch = (t.float() for t in student_output)
