@@ -156,18 +156,9 @@ class IBOTLoss(nn.Module):
             start_epoch=mim_start_epoch,
         )
 
-    def forward(
-        self,
-        student_output: tuple[Tensor, Tensor],
-        teacher_output: tuple[Tensor, Tensor, Tensor],
-        student_local_cls: Tensor | None,
-        student_mask: Sequence[Tensor] | Tensor,
-        epoch: int,
-        mask_index: Tensor,
-    ) -> dict[str, Tensor]:
-        """The loss terms; arguments as :meth:`forward_with_targets`."""
-        return self.forward_with_targets(student_output, teacher_output, student_local_cls, student_mask, epoch,
-                                         mask_index)[0]
+    def forward(self, *inputs, **kw_inputs) -> dict[str, Tensor]:
+        """The loss terms of :meth:`forward_with_targets` (same arguments)."""
+        return self.forward_with_targets(*inputs, **kw_inputs)[0]
 
     def forward_with_targets(
         self,
