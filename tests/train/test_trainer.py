@@ -104,14 +104,14 @@ def test_teacher_is_ema_of_student_and_gets_no_gradient(tmp_path, image_folder):
 
 
 def _poison_loss_at(trainer, monkeypatch, call: int) -> None:
-    original, calls = trainer.ibot_loss.forward, {"n": 0}
+    original, calls = trainer.ibot_loss.forward_with_targets, {"n": 0}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
-        out = original(*args, **kwargs)
-        return {k: v * float("nan") for k, v in out.items()} if calls["n"] == call else out
+        out, targets = original(*args, **kwargs)
+        return ({k: v * float("nan") for k, v in out.items()} if calls["n"] == call else out), targets
 
-    monkeypatch.setattr(trainer.ibot_loss, "forward", poisoned)
+    monkeypatch.setattr(trainer.ibot_loss, "forward_with_targets", poisoned)
 
 
 def _assert_finite_checkpoint_at_step(folder, step: int) -> None:
