@@ -3,8 +3,8 @@
 Computed on the device from outputs the step has anyway (no extra forward, no sync):
 
 - ``teacher_entropy_cls`` / ``teacher_entropy_patch``: mean entropy of the teacher's centred,
-  sharpened distributions (the loss's targets, as the loss computed them), divided by ``log K``: 1 is a uniform teacher (no
-  signal: the targets say nothing), values near 0 are confident targets;
+  sharpened distributions (the loss's targets, as the loss computed them), divided by ``log K``:
+  1 is a uniform teacher (no signal: the targets say nothing), values near 0 are confident targets;
 - ``teacher_batch_entropy_cls``: entropy of the batch's mean [CLS] distribution over ``log K``:
   near 0, every image goes to the same few prototypes (the collapse centring prevents);
 - ``student_cls_spread``: how far the student's normed [CLS] features spread across the batch: the
