@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from ibot.data.transforms import default_crop_pct
+from ibot.formats.onnx_outputs import KINDS
 from ibot.infer import META_PREFIX, Preprocess
 from ibot.models.tokens import TOKEN_CHOICES, TokenOutputs, check_dense_size, token_grid
 
 __all__ = ["KINDS", "OPSET", "Exportable", "check_tokens", "compare_with_onnx", "export_checkpoint",
            "export_onnx", "load_exportable", "output_shapes"]
 
-KINDS = ("features", "classifier")
 OPSET = 17  # LayerNormalization is a single op from opset 17
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ibot.formats.onnx_outputs import PATCH_OUTPUT, TOKEN_CHOICES
+from ibot.formats.onnx_outputs import KINDS, PATCH_OUTPUT, TOKEN_CHOICES
 from ibot.image_io import load_rgb
 
 __all__ = [
@@ -128,7 +128,7 @@ def read_model_info(metadata: dict[str, str], model_path: str | Path = "model") 
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{model_path} has no usable iBOT preprocessing metadata ({exc}); "
                          f"was it written by 'ibot export'?") from None
-    if kind not in ("features", "classifier"):
+    if kind not in KINDS:
         raise ValueError(f"{model_path}: unknown model kind {kind!r} in its metadata")
     return kind, spec, json.loads(names) if names else None
 

@@ -215,7 +215,7 @@ class IBOTLoss(nn.Module):
         else:
             teacher_cls_p = F.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
             teacher_patch_p = F.softmax((teacher_patch - self.center2[0]) / temp2, dim=-1).detach()
-        targets = TeacherTargets(teacher_cls_p.detach(), teacher_patch_p.detach())
+        targets = TeacherTargets(teacher_cls_p, teacher_patch_p)  # both already detached
         student_cls_lp = F.log_softmax(student_cls / self.student_temp, dim=-1)
         student_patch_lp = F.log_softmax(student_patch / self.student_temp, dim=-1)
 
