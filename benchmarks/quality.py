@@ -28,9 +28,10 @@ Two more runs of the same script add their figures to the same results file:
 Results go to ``benchmarks/results/quality.json`` (``--output``), merged into what the file
 already holds: top-1 figures under ``ibot``, ``dino_only``, ``raw_pixels``, ``random_init``,
 ``scratch``, ``unseen_classes``; each run's command, budget, seconds and machine under ``runs``;
-``wall_minutes`` is the main run's; ``checks`` holds the comparisons (the exit status is 1 when
-one fails), ``targets`` whether the main run reached k-NN >= 90%, linear >= 91% and fine-tuning
->= 93% within 120 wall minutes. ::
+``wall_minutes`` is the main run's, ``ibot_wall_minutes`` the part of it the budget covers (iBOT's
+pre-training and its evaluations, not the baselines); ``checks`` holds the comparisons (the exit
+status is 1 when one fails), ``targets`` whether the main run reached k-NN >= 90%, linear >= 91%
+and fine-tuning >= 93% within 120 of those minutes. ::
 
     python benchmarks/quality.py --threads 2
     python benchmarks/quality.py --threads 2 --ablation dino-only
@@ -378,13 +379,26 @@ def checks(results: dict[str, Any]) -> dict[str, bool]:
 TARGETS = {"knn": 90.0, "linear": 91.0, "finetune": 93.0}
 """Top-1 (%) the main run aims at within ``TARGET_WALL_MINUTES`` on 2 CPU cores."""
 TARGET_WALL_MINUTES = 120.0
+IBOT_STAGES = ("pretrain", "ibot_frozen", "finetune_ibot")
+"""The stages the budget covers: iBOT's pre-training and its evaluations (the baselines, random
+init and training from scratch, are timed apart)."""
+
+
+def ibot_wall_minutes(results: dict[str, Any]) -> float | None:
+    """Wall minutes of ``IBOT_STAGES`` in the main run, or None where one was not timed (a
+    re-scored ``--checkpoint``)."""
+    seconds = results.get("runs", {}).get("ibot", {}).get("seconds", {})
+    if not all(stage in seconds for stage in IBOT_STAGES):
+        return None
+    return sum(seconds[stage]["wall_s"] for stage in IBOT_STAGES) / 60
 
 
 def targets(results: dict[str, Any]) -> dict[str, bool]:
     """Whether the main run met each absolute target (reported; the exit status ignores them)."""
     ibot = results.get("ibot", {})
     out = {f"ibot_{key}_at_least_{goal:g}": ibot.get(key, 0.0) >= goal for key, goal in TARGETS.items()}
-    out[f"wall_minutes_at_most_{TARGET_WALL_MINUTES:g}"] = results.get("wall_minutes", 1e9) <= TARGET_WALL_MINUTES
+    minutes = ibot_wall_minutes(results)
+    out[f"ibot_wall_minutes_at_most_{TARGET_WALL_MINUTES:g}"] = minutes is not None and minutes <= TARGET_WALL_MINUTES
     return out
 
 
@@ -415,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_minutes": wall, "cpu_minutes": sum(t["cpu_s"] for t in times.values()) / 60, "seconds": times,
         "machine": _common.machine_info()}
     if run_name == "ibot":
-        results.update({"wall_minutes": wall, "command": command, "machine": results["runs"]["ibot"]["machine"]})
+        results.update({"wall_minutes": wall, "ibot_wall_minutes": ibot_wall_minutes(results), "command": command,
+                        "machine": results["runs"]["ibot"]["machine"]})
     results["checks"] = checks(results)
     results["targets"] = targets(results)
     results["table"] = table(results)
