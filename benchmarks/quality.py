@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--finetune-epochs", type=int, default=None,
                    help="fine-tuning epochs, pre-trained and from scratch (default: the recipe's)")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--eval-size", type=int, default=None,
+                   help="input size of the frozen networks' k-NN, linear probe and clustering (default: the "
+                        "pre-training's global crop size; raw pixels stay at that size)")
     p.add_argument("--finetune-recipe", choices=sorted(RECIPES), default="short",
                    help="fine-tuning recipe (ibot.eval.finetune_config)")
     p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning peak lr per 256 images "
@@ -94,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrain-set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override of the cpu preset (repeatable), e.g. optim.lr=2e-3")
     p.add_argument("--checkpoint", help="evaluate this pre-training checkpoint instead of pre-training")
+    p.add_argument("--pretrain-minutes", type=float, default=None,
+                   help="with --checkpoint: the wall minutes its pre-training took (recorded as given, "
+                        "and counted in ibot_wall_minutes)")
     p.add_argument("--work-dir", default="runs/benchmark_quality", help="pre-training and fine-tuning runs")
     p.add_argument("--output", default=None, help="results file, merged into (default "
                                                   "benchmarks/results/quality.json; --smoke: WORK_DIR/quality.json)")
@@ -109,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             else str(ROOT / "benchmarks" / "results" / "quality.json")
     if args.classes and args.ablation != "none":
         p.error("--classes and --ablation are separate runs")
+    if args.pretrain_minutes is not None and not args.checkpoint:
+        p.error("--pretrain-minutes describes a --checkpoint (a pre-training run here is timed)")
     return args
 
 
@@ -139,25 +147,28 @@ def clock(times: dict[str, dict[str, float]], name: str):
 
 
 class Protocols:
-    """Every frozen-feature protocol on one dataset, one transform."""
+    """Every frozen-feature protocol on one dataset: networks see ``image_size`` inputs, raw pixels
+    ``pixel_size`` ones (resizing the pixels adds nothing to them)."""
 
-    def __init__(self, data: str, image_size: int, linear_epochs: int, seed: int) -> None:
+    def __init__(self, data: str, image_size: int, linear_epochs: int, seed: int, pixel_size: int) -> None:
         self.data, self.linear_epochs, self.seed = data, linear_epochs, seed
         self.transform = evaluation_transform(image_size)
+        self.pixel_transform = evaluation_transform(pixel_size)
         self.classes = len(build_dataset(data, "train").classes)
 
-    def features(self, forward, identity: dict[str, Any], kind: str):
-        train = split_features(forward, identity, kind, self.data, "train", self.transform, batch_size=512,
-                                      progress=False)
-        val = split_features(forward, identity, kind, self.data, "val", self.transform, batch_size=512,
-                                      progress=False)
+    def features(self, forward, identity: dict[str, Any], kind: str, transform=None):
+        transform = transform or self.transform
+        train = split_features(forward, identity, kind, self.data, "train", transform, batch_size=512,
+                               progress=False)
+        val = split_features(forward, identity, kind, self.data, "val", transform, batch_size=512,
+                             progress=False)
         return train[0], train[1], val[0], val[1]
 
     def pixels(self):
         def gray(x: torch.Tensor) -> torch.Tensor:
             return x[:, :1].flatten(1)  # (B, 3, 28, 28) gray -> (B, 784)
 
-        return self.features(gray, {"checkpoint": "raw-pixels"}, "pixels")
+        return self.features(gray, {"checkpoint": "raw-pixels"}, "pixels", self.pixel_transform)
 
     def knn(self, train_x, train_y, val_x, val_y) -> dict[str, Any]:
         results = knn_classify(train_x, train_y, val_x, val_y, ks=(10, 20, 100, 200))
@@ -249,6 +260,8 @@ def pretrain_config(args: argparse.Namespace, data: str, work: Path):
 
 def pretrain(cfg, args: argparse.Namespace, times: dict) -> Path:
     if args.checkpoint:
+        if args.pretrain_minutes is not None:
+            times["pretrain"] = {"wall_s": args.pretrain_minutes * 60, "given": True}
         return Path(args.checkpoint)
     from ibot.train.trainer import Pretrainer
 
@@ -411,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"quality benchmark on {args.data}: {n_train} train / {n_val} test images", flush=True)
     cfg = pretrain_config(args, args.data, work)
     times: dict[str, dict[str, float]] = {}
-    protocols = Protocols(args.data, cfg.data.global_crops_size, args.linear_epochs, args.seed)
+    size = cfg.data.global_crops_size
+    protocols = Protocols(args.data, args.eval_size or size, args.linear_epochs, args.seed, pixel_size=size)
     out = run_unseen(args, protocols, work, times) if args.classes else run_main(args, cfg, protocols, work, times)
 
     output = Path(args.output)
@@ -420,13 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     run_name = f"classes_{args.classes}" if args.classes else ("ibot" if args.ablation == "none" else args.ablation)
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     wall = sum(t["wall_s"] for t in times.values()) / 60
+    cpu = sum(t.get("cpu_s", 0.0) for t in times.values()) / 60
     results.setdefault("runs", {})[run_name] = {
         "command": command, "data": args.data, "num_train": n_train, "num_val": n_val,
         "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs,
-                   "linear_protocol": "cached",
+                   "linear_protocol": "cached", "eval_size": args.eval_size or size,
                    "finetune_epochs": args.finetune_epochs, "finetune_recipe": args.finetune_recipe,
                    "pretrain_set": args.pretrain_set},
-        "wall_minutes": wall, "cpu_minutes": sum(t["cpu_s"] for t in times.values()) / 60, "seconds": times,
+        "wall_minutes": wall, "cpu_minutes": cpu, "seconds": times,
         "machine": _common.machine_info()}
     if run_name == "ibot":
         results.update({"wall_minutes": wall, "ibot_wall_minutes": ibot_wall_minutes(results), "command": command,
@@ -438,7 +453,6 @@ def main(argv: list[str] | None = None) -> int:
     tmp = output.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(output)
-    cpu = results["runs"][run_name]["cpu_minutes"]
     print(f"\n{results['table']}\n\nchecks: {results['checks']}\ntargets: {results['targets']}\n"
           f"{run_name}: {wall:.1f} wall minutes, {cpu:.1f} CPU minutes; written to {output}")
     return 0 if all(results["checks"].values()) else 1
