@@ -37,6 +37,10 @@ and fine-tuning >= 93% within 120 of those minutes. ::
     python benchmarks/quality.py --threads 2 --ablation dino-only
     python benchmarks/quality.py --threads 2 --classes 0-4
 
+``--eval-size S`` scores the frozen networks on S-px inputs (the patch grid grows with them; raw pixels
+stay at the pre-training size); ``--checkpoint`` re-scores a pre-training checkpoint, with
+``--pretrain-minutes`` the wall time its pre-training took, counted in ``ibot_wall_minutes``.
+
 ``--smoke``: the embedded 6k/1k subset, 2 pre-training epochs, 5 linear epochs, 1 fine-tuning
 epoch, written under ``--work-dir`` (a few minutes; checks that every stage runs).
 """
