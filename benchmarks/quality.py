@@ -366,10 +366,11 @@ def table(results: dict[str, Any]) -> str:
 
 def same_pretraining(results: dict[str, Any], *runs: str) -> bool:
     """Whether the ``runs`` (names under ``results["runs"]``) pre-trained with the same budget and
-    options, apart from what tells them apart (the ablation, the classes)."""
+    options, apart from what tells them apart (the ablation, the classes), and were scored at the same
+    input size."""
     def budget(run: str) -> tuple:
         b = results.get("runs", {}).get(run, {}).get("budget", {})
-        return b.get("pretrain_epochs"), tuple(b.get("pretrain_set", ()))
+        return b.get("pretrain_epochs"), tuple(b.get("pretrain_set", ())), b.get("eval_size")
 
     return len({budget(run) for run in runs}) == 1
 
