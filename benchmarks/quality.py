@@ -430,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = pretrain_config(args, args.data, work)
     times: dict[str, dict[str, float]] = {}
     size = cfg.data.global_crops_size
-    protocols = Protocols(args.data, args.eval_size or size, args.linear_epochs, args.seed, pixel_size=size)
+    eval_size = args.eval_size or size
+    protocols = Protocols(args.data, eval_size, args.linear_epochs, args.seed, pixel_size=size)
     out = run_unseen(args, protocols, work, times) if args.classes else run_main(args, cfg, protocols, work, times)
 
     output = Path(args.output)
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("runs", {})[run_name] = {
         "command": command, "data": args.data, "num_train": n_train, "num_val": n_val,
         "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs,
-                   "linear_protocol": "cached", "eval_size": args.eval_size or size,
+                   "linear_protocol": "cached", "eval_size": eval_size,
                    "finetune_epochs": args.finetune_epochs, "finetune_recipe": args.finetune_recipe,
                    "pretrain_set": args.pretrain_set},
         "wall_minutes": wall, "cpu_minutes": cpu, "seconds": times,
