@@ -367,10 +367,13 @@ def table(results: dict[str, Any]) -> str:
 def same_pretraining(results: dict[str, Any], *runs: str) -> bool:
     """Whether the ``runs`` (names under ``results["runs"]``) pre-trained with the same budget and
     options, apart from what tells them apart (the ablation, the classes), and were scored at the same
-    input size."""
+    input size (runs recorded before the evaluation size was an option were scored at the
+    pre-training crop size)."""
     def budget(run: str) -> tuple:
         b = results.get("runs", {}).get(run, {}).get("budget", {})
-        return b.get("pretrain_epochs"), tuple(b.get("pretrain_set", ())), b.get("eval_size")
+        pretrain_set = tuple(b.get("pretrain_set", ()))
+        eval_size = b.get("eval_size") or resolve_config("cpu", overrides=pretrain_set).data.global_crops_size
+        return b.get("pretrain_epochs"), pretrain_set, eval_size
 
     return len({budget(run) for run in runs}) == 1
 

@@ -1,0 +1,48 @@
+"""The quality benchmark's comparisons: which runs it compares, and what its exit status rests on."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("quality")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _results(ibot_budget: dict, dino_budget: dict, dino_knn: float = 80.0) -> dict:
+    return {
+        "ibot": {"knn": 85.0, "linear": 86.0, "finetune": 90.0},
+        "raw_pixels": {"knn": 84.0, "linear": 84.5},
+        "random_init": {"knn": 60.0, "linear": 65.0},
+        "scratch": {"finetune": 88.0},
+        "dino_only": {"knn": dino_knn, "linear": 85.0},
+        "runs": {"ibot": {"budget": ibot_budget}, "dino-only": {"budget": dino_budget}},
+    }
+
+
+def test_runs_without_a_recorded_size_were_scored_at_the_crop_size(quality):
+    old = {"pretrain_epochs": 18, "pretrain_set": []}
+    assert quality.same_pretraining(_results(old, {**old, "eval_size": 28}), "ibot", "dino-only")
+    assert not quality.same_pretraining(_results(old, {**old, "eval_size": 35}), "ibot", "dino-only")
+    larger = {"pretrain_epochs": 18, "pretrain_set": ["data.global_crops_size=35"]}
+    assert quality.same_pretraining(_results(larger, {**larger, "eval_size": 35}), "ibot", "dino-only")
+
+
+def test_ibot_and_dino_only_are_compared_only_on_the_same_budget(quality):
+    same = {"pretrain_epochs": 18, "pretrain_set": [], "eval_size": 28}
+    checks = quality.checks(_results(same, same))
+    assert checks["ibot_beats_dino_only"] and checks["finetune_beats_scratch_and_linear"]
+    assert not quality.checks(_results(same, same, dino_knn=85.5))["ibot_beats_dino_only"]
+    longer = {**same, "pretrain_epochs": 8}
+    assert "ibot_beats_dino_only" not in quality.checks(_results(same, longer))
