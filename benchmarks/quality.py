@@ -74,6 +74,8 @@ from ibot.eval.finetune_config import RECIPES, finetune_recipe  # noqa: E402
 from ibot.eval.knn import knn_classify  # noqa: E402
 from ibot.eval.linear import LinearFeatures, default_recipe, train_linear_sweep  # noqa: E402
 
+PRESET = "cpu"
+"""The pre-training preset every run starts from (``--pretrain-set`` overrides it)."""
 ABLATIONS = {"none": [], "dino-only": ["loss.lambda2=0"]}
 SMOKE = {"data": "fashion-mnist:subset", "pretrain_epochs": 2, "linear_epochs": 5, "finetune_epochs": 1}
 
@@ -256,10 +258,10 @@ def pretrain_config(args: argparse.Namespace, data: str, work: Path):
     overrides = [f"data.data={data}", f"run.output_dir={work / 'pretrain'}", f"run.seed={args.seed}",
                  "run.knn_eval=false", "run.progress=false", *ABLATIONS[args.ablation], *args.pretrain_set]
     if args.pretrain_epochs is not None:
-        warmup = resolve_config("cpu").loss.warmup_teacher_temp_epochs
+        warmup = resolve_config(PRESET).loss.warmup_teacher_temp_epochs
         overrides += [f"optim.epochs={args.pretrain_epochs}",
                       f"loss.warmup_teacher_temp_epochs={min(warmup, args.pretrain_epochs)}"]
-    return resolve_config("cpu", overrides=overrides)
+    return resolve_config(PRESET, overrides=overrides)
 
 
 def pretrain(cfg, args: argparse.Namespace, times: dict) -> Path:
@@ -372,7 +374,7 @@ def same_pretraining(results: dict[str, Any], *runs: str) -> bool:
     def budget(run: str) -> tuple:
         b = results.get("runs", {}).get(run, {}).get("budget", {})
         pretrain_set = tuple(b.get("pretrain_set", ()))
-        eval_size = b.get("eval_size") or resolve_config("cpu", overrides=pretrain_set).data.global_crops_size
+        eval_size = b.get("eval_size") or resolve_config(PRESET, overrides=pretrain_set).data.global_crops_size
         return b.get("pretrain_epochs"), pretrain_set, eval_size
 
     return len({budget(run) for run in runs}) == 1
