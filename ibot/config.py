@@ -135,7 +135,7 @@ class RunConfig:
     max_steps: int = 0  # stop after this many steps in total (0: run all epochs); for tests
     knn_eval: bool = True  # k-NN accuracy of the teacher vs random init on the val split at the end
     eval_every: int = 0  # k-NN accuracy of the teacher on the val split every N epochs (0: never)
-    compile: bool = False  # torch.compile the student and teacher (GPU; slow first steps)
+    compile: bool = False  # torch.compile the student and teacher (GPU; slow first steps; slower on the CPU)
     # "ddp": every process holds the whole networks and optimiser; "fsdp": torch's fully_shard shards
     # them over the processes of a torchrun (one process: nothing to shard, it runs as ddp)
     strategy: str = "ddp"
