@@ -71,6 +71,7 @@ from ibot.eval.cluster import cluster_scores, kmeans_clusters, prototype_assigne
 from ibot.eval.features import evaluation_transform, image_features, split_features  # noqa: E402
 from ibot.eval.finetune import Finetuner  # noqa: E402
 from ibot.eval.finetune_config import RECIPES, finetune_recipe  # noqa: E402
+from ibot.eval.finetune_model import POOLS  # noqa: E402
 from ibot.eval.knn import knn_classify  # noqa: E402
 from ibot.eval.linear import LinearFeatures, default_recipe, train_linear_sweep  # noqa: E402
 
@@ -98,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "pre-training's global crop size; raw pixels stay at that size)")
     p.add_argument("--finetune-recipe", choices=sorted(RECIPES), default="short",
                    help="fine-tuning recipe (ibot.eval.finetune_config)")
+    p.add_argument("--finetune-pool", choices=POOLS, default="cls",
+                   help="fine-tuning classifier input: the [CLS] (official), mean patch token or token grid")
     p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning peak lr per 256 images "
                                                                    "(default: the recipe's)")
     p.add_argument("--pretrain-set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -247,11 +250,12 @@ def class_subset_folder(data: str, keep: list[int], root: Path) -> Path:
 
 def finetune(loaded: LoadedBackbone, data: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     cfg = finetune_recipe(args.finetune_recipe, epochs=args.finetune_epochs, lr=args.finetune_lr,
-                          image_size=loaded.image_size, num_workers=2, seed=args.seed, device="cpu", progress=False)
+                          pool=args.finetune_pool, image_size=loaded.image_size, num_workers=2, seed=args.seed,
+                          device="cpu", progress=False)
     cfg.warmup_epochs = min(cfg.warmup_epochs, cfg.epochs - 1)
     results = Finetuner(loaded.backbone.train(), loaded.arch, data, cfg, run_dir).fit()
     return {"top1": results["top1"], "last_top1": results["last_top1"], "epochs": results["epochs"],
-            "recipe": args.finetune_recipe, "curve": [round(r["val_top1"], 2) for r in results["history"]]}
+            "recipe": args.finetune_recipe, "pool": cfg.pool, "curve": [round(r["val_top1"], 2) for r in results["history"]]}
 
 
 def pretrain_config(args: argparse.Namespace, data: str, work: Path):

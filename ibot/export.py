@@ -53,8 +53,8 @@ class Exportable:
 def _load_classifier(path: Path) -> Exportable:
     """The fine-tuned model of an ``ibot finetune`` checkpoint (:mod:`ibot.eval.finetune`)."""
     from ibot.eval.finetune_model import FinetuneModel
-    from ibot.models import build_backbone
     from ibot.formats.ours import checkpoint_kind, load_checkpoint, strip_prefix
+    from ibot.models import build_backbone
 
     tensors, meta = load_checkpoint(path, prefix="model.")
     if checkpoint_kind(meta, path) != "finetune":
@@ -66,14 +66,16 @@ def _load_classifier(path: Path) -> Exportable:
     except KeyError as exc:
         raise ValueError(f"{path}: its metadata does not describe the backbone (no {exc})") from None
     backbone = build_backbone(arch, patch_size=patch_size, masked_im_modeling="backbone.masked_embed" in state, **kwargs)
-    model = FinetuneModel(backbone, num_classes=state["head.weight"].shape[0])
+    finetune = meta.get("finetune") or {}
+    image_size = int(finetune.get("image_size") or info.get("image_size") or kwargs.get("img_size", 224))
+    pool = finetune.get("pool") or "cls"  # fine-tuned before the option existed: the [CLS]
+    grid = token_grid(backbone, image_size, image_size) if pool == "grid" else None
+    model = FinetuneModel(backbone, num_classes=state["head.weight"].shape[0], pool=pool, grid=grid)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(f"{path}: the fine-tuned weights do not fit {arch}/{patch_size}: "
                          f"{' '.join(str(exc).split())[:300]}") from None
-    finetune = meta.get("finetune") or {}
-    image_size = int(finetune.get("image_size") or info.get("image_size") or kwargs.get("img_size", 224))
     classes = list(meta.get("classes") or []) or None
     return Exportable(model.eval(), "classifier", image_size, patch_size, classes, finetune.get("crop_pct"),
                       {"checkpoint": path.name, "arch": arch, "data": meta.get("data")})

@@ -110,7 +110,8 @@ def test_swin_exports_with_dynamic_batch(tmp_path):
         assert diff < 1e-4 and same_top1
 
 
-def test_classifier_from_a_finetune_checkpoint(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("pool", ["cls", "grid"])
+def test_classifier_from_a_finetune_checkpoint(tiny_checkpoint, tmp_path, pool):
     from ibot.cli import main
     from tests.train.helpers import make_image_folder
 
@@ -120,7 +121,7 @@ def test_classifier_from_a_finetune_checkpoint(tiny_checkpoint, tmp_path):
     out = tmp_path / "finetune"
     assert main(["finetune", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--epochs", "1",
                  "--batch-size", "4", "--num-workers", "0", "--mixup", "0", "--cutmix", "0", "--auto-augment", "none",
-                 "--output-dir", str(out), "--no-progress"]) == 0
+                 "--output-dir", str(out), "--no-progress", "--pool", pool]) == 0
     report = export_checkpoint(out / "checkpoint.safetensors", tmp_path / "classifier.onnx", kind="classifier")
     assert report["max_abs_diff"] < 1e-4 and report["same_top1"] and report["classes"] == 3
     model = onnx.load(str(tmp_path / "classifier.onnx"))
@@ -133,6 +134,9 @@ def test_classifier_from_a_finetune_checkpoint(tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(_run(tmp_path / "classifier.onnx", images), expected, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="fine-tuning checkpoint: export it with --kind classifier"):
         load_exportable(out / "checkpoint.safetensors")
+    if pool == "grid":  # its classifier reads the 4 x 4 grid of the 16-px images it was fine-tuned on
+        with pytest.raises(ValueError, match="4x4 patch grid"):
+            export_checkpoint(out / "checkpoint.safetensors", tmp_path / "other.onnx", kind="classifier", image_size=24)
 
 
 # ------------------------------------------------------------------------------ patch tokens

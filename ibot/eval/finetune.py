@@ -2,7 +2,7 @@
 which the official iBOT fine-tuning uses).
 
 - The model and its optimiser groups: :mod:`ibot.eval.finetune_model` (classifier on the [CLS],
-  layer-wise lr decay).
+  or with ``pool`` on the mean patch token or the token grid; layer-wise lr decay).
 - AdamW (wd 0.05), lr x batch / 256, linear warm-up then cosine to ``min_lr``, per iteration.
 - Drop path (0.1 for ViT-S), mixup 0.8 / cutmix 1.0 with label smoothing 0.1 (timm ``Mixup``),
   RandAugment ``rand-m9-mstd0.5-inc1`` (magnitude clipped at 9, see ``FinetuneConfig``) and random
@@ -52,6 +52,7 @@ from ibot.eval.metrics import topk_hits
 from ibot.eval.shards import gather_batch_objects, process_batches, process_slice
 from ibot.formats.ours import CHECKPOINT_NAME
 from ibot.image_io import format_skipped
+from ibot.models.tokens import token_grid
 from ibot.progress import progress_bar, write
 
 
@@ -177,7 +178,8 @@ class Finetuner:
         self.val_set = EvalDataset(val_base, evaluation_transform(cfg.image_size, cfg.crop_pct))
 
         torch.manual_seed(cfg.seed)
-        self.model = FinetuneModel(backbone, num_classes).to(self.device)
+        grid = token_grid(backbone, cfg.image_size, cfg.image_size) if cfg.pool == "grid" else None
+        self.model = FinetuneModel(backbone, num_classes, pool=cfg.pool, grid=grid).to(self.device)
         decay = cfg.layer_decay if cfg.layer_decay is not None else default_layer_decay(arch)
         self.layer_decay = decay
         groups = layer_decay_param_groups(self.model, cfg.weight_decay, decay, head_lr_scale=cfg.head_lr_scale)
@@ -236,11 +238,11 @@ class Finetuner:
     # -------------------------------------------------------------------------- training
     @torch.no_grad()
     def _train_features(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final-norm [CLS] features (N, D) and labels of the train split, un-augmented."""
+        """The classifier's input features (N, F) and labels of the train split, un-augmented."""
         from ibot.eval.features import evaluation_transform, extract_features
 
         dataset = EvalDataset(self.train_set.base, evaluation_transform(self.cfg.image_size, self.cfg.crop_pct))
-        features, labels, _ = extract_features(self.model.backbone.eval(), dataset, batch_size=self.cfg.batch_size,
+        features, labels, _ = extract_features(self.model.eval().features, dataset, batch_size=self.cfg.batch_size,
                                                num_workers=self.cfg.num_workers, device=self.device,
                                                desc="head-init features", progress=self.progress, sharded=True)
         return features, labels

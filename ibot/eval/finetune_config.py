@@ -32,6 +32,7 @@ class FinetuneConfig:
     min_crop_scale: float = 0.08  # RandomResizedCrop scale (min, 1)
     color_jitter: float = 0.4  # timm's default; used only without RandAugment
     clip_grad: float = 0.0  # global gradient-norm clipping; 0 disables
+    pool: str = "cls"  # classifier input: cls (official), mean (patch tokens; BEiT's default), grid (tokens in order)
     head_lr_scale: float = 1.0  # lr multiplier of the top layer (classifier, final norm); official: 1
     head_init_epochs: int = 0  # >0: fit the classifier on cached frozen features first (LP-FT); official: 0
     freeze_backbone_epochs: int = 0  # first epochs train the classifier only (LP-FT); official: 0

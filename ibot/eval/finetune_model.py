@@ -1,7 +1,10 @@
 """The fine-tuned network and its optimiser groups (BEiT's recipe, which the official iBOT
 fine-tuning uses).
 
-- Classifier on the final-norm [CLS] (official ``--use_cls``), initialised N(0, 0.02) x 0.001.
+- Classifier on the final-norm [CLS] (official ``--use_cls``), initialised N(0, 0.02) x 0.001;
+  ``pool`` chooses another input: ``mean``, the mean of the final-norm patch tokens (BEiT's default
+  ``--use_mean_pooling`` pools the un-normed tokens, then norms them), or ``grid``, the patch tokens
+  flattened in grid order (a fixed image size: ``grid = (h, w)``).
 - Layer-wise lr decay (timm's ``param_groups_layer_decay``, BEiT's layer ids): the embeddings are
   layer 0, block i is layer i + 1, the final norm and the classifier the top layer L + 1; layer
   l learns at ``lr * decay ** (L + 1 - l)``. Decay 0.65 for ViT-B, 0.75 for ViT-S/L (official).
@@ -17,22 +20,46 @@ import torch
 from torch import nn
 
 
-class FinetuneModel(nn.Module):
-    """``backbone`` + ``Linear(embed_dim, num_classes)`` on its normed [CLS] (B, D) -> (B, C)."""
+POOLS = ("cls", "mean", "grid")
+"""The classifier's input: the [CLS], the mean patch token, or every patch token in grid order."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, init_scale: float = 0.001) -> None:
+
+class FinetuneModel(nn.Module):
+    """``backbone`` + a linear classifier on its ``pool`` features: images (B, 3, H, W) -> (B, C)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, init_scale: float = 0.001, pool: str = "cls",
+                 grid: tuple[int, int] | None = None) -> None:
         super().__init__()
         from timm.layers import trunc_normal_
 
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.embed_dim, num_classes)
+        if pool not in POOLS:
+            raise ValueError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        if pool == "grid" and not grid:
+            raise ValueError("pool 'grid' needs the patch-token grid (h, w) of the training images")
+        self.backbone, self.pool = backbone, pool
+        self.grid = (int(grid[0]), int(grid[1])) if pool == "grid" and grid else None
+        cells = self.grid[0] * self.grid[1] if self.grid else 1
+        self.head = nn.Linear(backbone.embed_dim * cells, num_classes)
         trunc_normal_(self.head.weight, std=0.02)
         with torch.no_grad():
             self.head.weight.mul_(init_scale)
         nn.init.zeros_(self.head.bias)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's input (B, F): the final-norm [CLS], mean patch token or token grid."""
+        if self.pool == "cls":
+            return self.backbone(x)
+        tokens = self.backbone(x, return_all_tokens=True)[:, 1:]  # (B, N, D), through the final norm
+        if self.pool == "mean":
+            return tokens.mean(dim=1)
+        if self.grid and tokens.shape[1] != self.grid[0] * self.grid[1]:
+            h, w = self.grid
+            raise ValueError(f"the classifier reads a {h}x{w} patch grid, the images gave {tokens.shape[1]} "
+                             "patch tokens: use the image size it was fine-tuned at")
+        return tokens.flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.features(x))
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Layer ids for timm's ``param_groups_layer_decay`` (BEiT's): embeddings first, then each

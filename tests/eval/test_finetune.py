@@ -84,3 +84,21 @@ def test_randaugment_ops_work_at_their_largest_magnitude():
     for op in randaug.ops:
         op.prob, op.magnitude_std, op.magnitude = 1.0, 0.0, op.magnitude_max or 10
         op(image)
+
+
+def test_grid_pool_fits_its_classifier_on_the_token_grid(tmp_path, tiny_run):
+    tuner = make_tuner(tmp_path, tiny_run, epochs=1, head_init_epochs=20, ema=False, pool="grid")
+    width = tuner.model.backbone.embed_dim * 16  # 16-px images, patch 4: a 4 x 4 grid
+    features, labels = tuner._train_features()
+    assert tuner.model.head.in_features == width and features.shape == (len(tuner.train_set), width)
+
+    def train_loss() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(tuner.model.head(features), labels).item()
+
+    start = train_loss()
+    tuner.init_head()
+    assert train_loss() < start
+    results = tuner.fit()
+    _, meta = ckpt.load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert meta["finetune"]["pool"] == "grid" and 0.0 <= results["top1"] <= 100.0

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from ibot.eval.finetune_config import default_layer_decay
 from ibot.eval.finetune_model import FinetuneModel, layer_decay_param_groups
@@ -60,3 +61,24 @@ def test_head_lr_scale_multiplies_the_top_layer_only():
         assert scaled[name] == ((scale * 10 if name in top else scale), decay)
     with pytest.raises(ValueError, match="head lr scale"):
         layer_decay_param_groups(model, 0.05, 0.5, head_lr_scale=0)
+
+
+def test_pool_chooses_the_classifier_input():
+    vit = build_backbone("vit_tiny", patch_size=4, img_size=16, depth=1, embed_dim=16, num_heads=2).eval()
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tokens = vit(images, return_all_tokens=True)  # (3, 1 + 16, 16), through the final norm
+        cls = FinetuneModel(vit, 5).eval()
+        mean = FinetuneModel(vit, 5, pool="mean").eval()
+        grid = FinetuneModel(vit, 5, pool="grid", grid=(4, 4)).eval()
+        torch.testing.assert_close(cls.features(images), tokens[:, 0])
+        torch.testing.assert_close(mean.features(images), tokens[:, 1:].mean(dim=1))
+        torch.testing.assert_close(grid.features(images), tokens[:, 1:].reshape(3, 16 * 16))
+        assert grid.head.in_features == 16 * 16 and mean.head.in_features == cls.head.in_features == 16
+        assert grid(images).shape == (3, 5)
+        with pytest.raises(ValueError, match="4x4 patch grid.*36 patch tokens"):
+            grid(torch.zeros(1, 3, 24, 24))
+    with pytest.raises(ValueError, match="--pool must be one of cls, mean, grid"):
+        FinetuneModel(vit, 5, pool="max")
+    with pytest.raises(ValueError, match="needs the patch-token grid"):
+        FinetuneModel(vit, 5, pool="grid")
