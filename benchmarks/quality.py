@@ -255,7 +255,8 @@ def finetune(loaded: LoadedBackbone, data: str, args: argparse.Namespace, run_di
     cfg.warmup_epochs = min(cfg.warmup_epochs, cfg.epochs - 1)
     results = Finetuner(loaded.backbone.train(), loaded.arch, data, cfg, run_dir).fit()
     return {"top1": results["top1"], "last_top1": results["last_top1"], "epochs": results["epochs"],
-            "recipe": args.finetune_recipe, "pool": cfg.pool, "curve": [round(r["val_top1"], 2) for r in results["history"]]}
+            "recipe": args.finetune_recipe, "pool": cfg.pool,
+            "curve": [round(r["val_top1"], 2) for r in results["history"]]}
 
 
 def pretrain_config(args: argparse.Namespace, data: str, work: Path):
