@@ -85,9 +85,9 @@ def test_given_only_options_set_what_was_given():
 
 
 @pytest.mark.parametrize("command, expected", [
-    # finetune adds its configuration file and the options of the short recipe
+    # finetune adds its configuration file, the options of the short recipe and the classifier's input
     ("finetune", FINETUNE_FLAGS | {"--config", "--print-config", "--recipe", "--color-jitter", "--head-lr-scale",
-                                   "--head-init-epochs", "--freeze-backbone-epochs"}),
+                                   "--head-init-epochs", "--freeze-backbone-epochs", "--pool"}),
     ("pretrain", PRETRAIN_FLAGS),
     *((name, EVAL_FLAGS | flags) for name, flags in EVAL_COMMAND_FLAGS.items())])
 def test_the_commands_keep_their_option_strings(command, expected):
