@@ -69,8 +69,7 @@ def _load_classifier(path: Path) -> Exportable:
     finetune = meta.get("finetune") or {}
     image_size = int(finetune.get("image_size") or info.get("image_size") or kwargs.get("img_size", 224))
     pool = finetune.get("pool") or "cls"  # fine-tuned before the option existed: the [CLS]
-    grid = token_grid(backbone, image_size, image_size) if pool == "grid" else None
-    model = FinetuneModel(backbone, num_classes=state["head.weight"].shape[0], pool=pool, grid=grid)
+    model = FinetuneModel(backbone, num_classes=state["head.weight"].shape[0], pool=pool, image_size=image_size)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -52,7 +52,6 @@ from ibot.eval.metrics import topk_hits
 from ibot.eval.shards import gather_batch_objects, process_batches, process_slice
 from ibot.formats.ours import CHECKPOINT_NAME
 from ibot.image_io import format_skipped
-from ibot.models.tokens import token_grid
 from ibot.progress import progress_bar, write
 
 
@@ -178,8 +177,7 @@ class Finetuner:
         self.val_set = EvalDataset(val_base, evaluation_transform(cfg.image_size, cfg.crop_pct))
 
         torch.manual_seed(cfg.seed)
-        grid = token_grid(backbone, cfg.image_size, cfg.image_size) if cfg.pool == "grid" else None
-        self.model = FinetuneModel(backbone, num_classes, pool=cfg.pool, grid=grid).to(self.device)
+        self.model = FinetuneModel(backbone, num_classes, pool=cfg.pool, image_size=cfg.image_size).to(self.device)
         decay = cfg.layer_decay if cfg.layer_decay is not None else default_layer_decay(arch)
         self.layer_decay = decay
         groups = layer_decay_param_groups(self.model, cfg.weight_decay, decay, head_lr_scale=cfg.head_lr_scale)

@@ -4,7 +4,7 @@ fine-tuning uses).
 - Classifier on the final-norm [CLS] (official ``--use_cls``), initialised N(0, 0.02) x 0.001;
   ``pool`` chooses another input: ``mean``, the mean of the final-norm patch tokens (BEiT's default
   ``--use_mean_pooling`` pools the un-normed tokens, then norms them), or ``grid``, the patch tokens
-  flattened in grid order (a fixed image size: ``grid = (h, w)``).
+  flattened in grid order (a fixed ``image_size``).
 - Layer-wise lr decay (timm's ``param_groups_layer_decay``, BEiT's layer ids): the embeddings are
   layer 0, block i is layer i + 1, the final norm and the classifier the top layer L + 1; layer
   l learns at ``lr * decay ** (L + 1 - l)``. Decay 0.65 for ViT-B, 0.75 for ViT-S/L (official).
@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ibot.models.tokens import token_grid
+
 
 POOLS = ("cls", "mean", "grid")
 """The classifier's input: the [CLS], the mean patch token, or every patch token in grid order."""
@@ -28,16 +30,16 @@ class FinetuneModel(nn.Module):
     """``backbone`` + a linear classifier on its ``pool`` features: images (B, 3, H, W) -> (B, C)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, init_scale: float = 0.001, pool: str = "cls",
-                 grid: tuple[int, int] | None = None) -> None:
+                 image_size: int | None = None) -> None:
         super().__init__()
         from timm.layers import trunc_normal_
 
         if pool not in POOLS:
             raise ValueError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        if pool == "grid" and not grid:
-            raise ValueError("pool 'grid' needs the patch-token grid (h, w) of the training images")
+        if pool == "grid" and not image_size:
+            raise ValueError("pool 'grid' needs the patch-token grid: give the image size it trains on")
         self.backbone, self.pool = backbone, pool
-        self.grid = (int(grid[0]), int(grid[1])) if pool == "grid" and grid else None
+        self.grid = token_grid(backbone, image_size, image_size) if pool == "grid" else None
         cells = self.grid[0] * self.grid[1] if self.grid else 1
         self.head = nn.Linear(backbone.embed_dim * cells, num_classes)
         trunc_normal_(self.head.weight, std=0.02)
@@ -52,7 +54,7 @@ class FinetuneModel(nn.Module):
         tokens = self.backbone(x, return_all_tokens=True)[:, 1:]  # (B, N, D), through the final norm
         if self.pool == "mean":
             return tokens.mean(dim=1)
-        if self.grid and tokens.shape[1] != self.grid[0] * self.grid[1]:
+        if tokens.shape[1] != self.grid[0] * self.grid[1]:
             h, w = self.grid
             raise ValueError(f"the classifier reads a {h}x{w} patch grid, the images gave {tokens.shape[1]} "
                              "patch tokens: use the image size it was fine-tuned at")

@@ -70,7 +70,7 @@ def test_pool_chooses_the_classifier_input():
         tokens = vit(images, return_all_tokens=True)  # (3, 1 + 16, 16), through the final norm
         cls = FinetuneModel(vit, 5).eval()
         mean = FinetuneModel(vit, 5, pool="mean").eval()
-        grid = FinetuneModel(vit, 5, pool="grid", grid=(4, 4)).eval()
+        grid = FinetuneModel(vit, 5, pool="grid", image_size=16).eval()
         torch.testing.assert_close(cls.features(images), tokens[:, 0])
         torch.testing.assert_close(mean.features(images), tokens[:, 1:].mean(dim=1))
         torch.testing.assert_close(grid.features(images), tokens[:, 1:].reshape(3, 16 * 16))
