@@ -70,8 +70,7 @@ from ibot.eval.checkpoints import LoadedBackbone, load_backbone, load_head, rand
 from ibot.eval.cluster import cluster_scores, kmeans_clusters, prototype_assigner  # noqa: E402
 from ibot.eval.features import evaluation_transform, image_features, split_features  # noqa: E402
 from ibot.eval.finetune import Finetuner  # noqa: E402
-from ibot.eval.finetune_config import RECIPES, finetune_recipe  # noqa: E402
-from ibot.eval.finetune_model import POOLS  # noqa: E402
+from ibot.eval.finetune_config import POOLS, RECIPES, finetune_recipe  # noqa: E402
 from ibot.eval.knn import knn_classify  # noqa: E402
 from ibot.eval.linear import LinearFeatures, default_recipe, train_linear_sweep  # noqa: E402
 

@@ -5,8 +5,12 @@ fast."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+POOLS = ("cls", "mean", "grid")
+"""What the classifier reads: the final-norm [CLS] (official ``--use_cls``), the mean of the final-norm
+patch tokens, or the patch tokens flattened in grid order (:class:`ibot.eval.finetune_model.FinetuneModel`)."""
 
 
 @dataclass
@@ -32,7 +36,8 @@ class FinetuneConfig:
     min_crop_scale: float = 0.08  # RandomResizedCrop scale (min, 1)
     color_jitter: float = 0.4  # timm's default; used only without RandAugment
     clip_grad: float = 0.0  # global gradient-norm clipping; 0 disables
-    pool: str = "cls"  # classifier input: cls (official), mean (patch tokens; BEiT's default), grid (tokens in order)
+    pool: str = field(default="cls", metadata=dict(choices=POOLS, help=(
+        "classifier input: cls (official), mean (patch tokens; BEiT's default), grid (tokens in order)")))
     head_lr_scale: float = 1.0  # lr multiplier of the top layer (classifier, final norm); official: 1
     head_init_epochs: int = 0  # >0: fit the classifier on cached frozen features first (LP-FT); official: 0
     freeze_backbone_epochs: int = 0  # first epochs train the classifier only (LP-FT); official: 0

@@ -19,11 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ibot.eval.finetune_config import POOLS
 from ibot.models.tokens import token_grid
-
-
-POOLS = ("cls", "mean", "grid")
-"""The classifier's input: the [CLS], the mean patch token, or every patch token in grid order."""
 
 
 class FinetuneModel(nn.Module):

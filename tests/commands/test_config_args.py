@@ -106,6 +106,20 @@ def test_finetune_names_a_misspelt_override_with_a_suggestion(tmp_path, capsys):
     assert err == "ibot: error: unknown option 'layer_decy'. Did you mean 'layer_decay'?"
 
 
+@pytest.mark.parametrize("given", [["--pool", "max"], ["pool=max"]])
+def test_finetune_refuses_an_unknown_pool_before_reading_anything(tmp_path, capsys, given):
+    # the checkpoint does not exist: the pool is checked first, with the option's choices
+    argv = ["finetune", "-c", str(tmp_path / "missing.safetensors"), "--output-dir", str(tmp_path), *given]
+    if given[0] == "--pool":  # argparse refuses it and exits
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+    else:
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "max" in err and "cls" in err and "grid" in err and "missing.safetensors" not in err
+
+
 def test_a_finetune_yaml_file_with_an_unknown_key_is_refused(tmp_path, capsys):
     config = tmp_path / "ft.yaml"
     config.write_text("preset: vit_small_16\n")  # fine-tuning has no presets: nothing is dropped silently
