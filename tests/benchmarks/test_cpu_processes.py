@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmarks.helpers import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("cpu_processes")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    yield from import_benchmark("cpu_processes")
 
 
 def _value(cmd: list[str], key: str) -> str | None:
