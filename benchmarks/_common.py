@@ -1,5 +1,6 @@
 """What every benchmark shares: the machine description, the results file, memory readings, a
-table printer and a folder of JPEG photos of mixed sizes.
+table printer, a folder of JPEG photos of mixed sizes and the command line of a pre-training run
+on one or several CPU processes.
 
 Run the benchmarks as scripts from the repository root (``python benchmarks/pretrain.py``); this
 module puts the repository on ``sys.path`` so that ``ibot`` imports without installation.
@@ -153,3 +154,21 @@ def make_jpeg_folder(root: str | Path, n: int = 64, sizes: tuple[int, int] = (30
         region = photo.resize((width, height), Image.BICUBIC, box=(left, top, left + box_w, top + box_h))
         region.save(folder / f"{i:04d}.jpg", quality=90)
     return Path(root)
+
+
+def share_out(batch_size: int, num_workers: int, processes: int) -> list[str]:
+    """Overrides that give each of ``processes`` processes its share of a one-process run's batch
+    and data-loader workers (at least one each): the global batch stays ``batch_size``."""
+    if batch_size % processes:
+        raise ValueError(f"a batch of {batch_size} does not divide among {processes} processes")
+    return [f"optim.batch_size_per_device={batch_size // processes}",
+            f"data.num_workers={max(1, num_workers // processes)}"]
+
+
+def ibot_command(cli_args: Sequence[str], processes: int = 1, threads: int = 1) -> tuple[list[str], dict[str, str]]:
+    """Command line and environment of ``ibot CLI_ARGS`` as one process, or as ``processes``
+    processes under ``torchrun`` (gloo on CPU), each with ``threads`` torch threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    launcher = [sys.executable] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return [*launcher, "-m", "ibot.cli", *cli_args], env

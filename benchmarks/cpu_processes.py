@@ -33,7 +33,7 @@ import _common
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ibot.config import get_preset  # noqa: E402
+from ibot.config import resolve_config  # noqa: E402
 
 LAYOUTS = ("threads", "processes")
 
@@ -53,9 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.cores < 2:
         p.error("--cores must be at least 2: with one core the two layouts are the same")
-    batch = get_preset(args.preset).optim.batch_size_per_device
+    batch = resolve_config(args.preset, overrides=args.set).optim.batch_size_per_device
     if batch % args.cores:
-        p.error(f"the preset's batch of {batch} does not divide among --cores {args.cores}")
+        p.error(f"the batch of {batch} does not divide among --cores {args.cores}")
     if args.steps <= 10 * (args.skip + 1):
         p.error(f"--steps {args.steps} leaves no step record after the {args.skip} skipped ones")
     return args
@@ -63,19 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def command(layout: str, args: argparse.Namespace, out_dir: Path) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of one run of ``layout``."""
-    preset = get_preset(args.preset)
-    batch, workers = preset.optim.batch_size_per_device, preset.data.num_workers
-    pretrain = ["-m", "ibot.cli", "pretrain", "--preset", args.preset, "--data", args.data,
-                "--max-steps", str(args.steps), "--no-knn", "--no-progress", "--no-tensorboard",
-                "--output-dir", str(out_dir), *args.set]
-    threads = args.cores if layout == "threads" else 1
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cfg = resolve_config(args.preset, overrides=args.set)
+    pretrain = ["pretrain", "--preset", args.preset, "--data", args.data, "--max-steps", str(args.steps),
+                "--no-knn", "--no-progress", "--no-tensorboard", "--output-dir", str(out_dir), *args.set]
     if layout == "threads":
-        return [sys.executable, *pretrain], env
-    pretrain += [f"optim.batch_size_per_device={batch // args.cores}",
-                 f"data.num_workers={max(1, workers // args.cores)}"]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.cores}"]
-    return [*launcher, *pretrain], env
+        return _common.ibot_command(pretrain, threads=args.cores)
+    shares = _common.share_out(cfg.optim.batch_size_per_device, cfg.data.num_workers, args.cores)
+    return _common.ibot_command([*pretrain, *shares], processes=args.cores)
 
 
 def run(layout: str, args: argparse.Namespace, tmp: Path, index: int) -> dict:

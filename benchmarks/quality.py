@@ -40,6 +40,9 @@ and fine-tuning >= 93% within 120 of those minutes. ::
 ``--eval-size S`` scores the frozen networks on S-px inputs (the patch grid grows with them; raw pixels
 stay at the pre-training size); ``--checkpoint`` re-scores a pre-training checkpoint, with
 ``--pretrain-minutes`` the wall time its pre-training took, counted in ``ibot_wall_minutes``.
+``--processes N`` pre-trains under ``torchrun`` with N processes (gloo), each with its share of the
+batch and of ``--threads`` (the same global batch; the ``cpu`` preset's KoLeo term then sees each
+process's share; ``benchmarks/cpu_processes.py`` measures the two layouts' images/s).
 
 ``--smoke``: the embedded 6k/1k subset, 2 pre-training epochs, 5 linear epochs, 1 fine-tuning
 epoch, written under ``--work-dir`` (a few minutes; checks that every stage runs).
@@ -50,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -93,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--finetune-epochs", type=int, default=None,
                    help="fine-tuning epochs, pre-trained and from scratch (default: the recipe's)")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    b.add_argument("--processes", type=int, default=1,
+                   help="pre-train with this many torchrun processes (gloo), the threads and the batch shared "
+                        "out among them (default: 1, in this process)")
     p.add_argument("--eval-size", type=int, default=None,
                    help="input size of the frozen networks' k-NN, linear probe and clustering (default: the "
                         "pre-training's global crop size; raw pixels stay at that size)")
@@ -123,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             else str(ROOT / "benchmarks" / "results" / "quality.json")
     if args.classes and args.ablation != "none":
         p.error("--classes and --ablation are separate runs")
+    if args.processes < 1 or (args.processes > 1 and args.checkpoint):
+        p.error("--processes: at least 1, and only for a pre-training run here (not with --checkpoint)")
     if args.pretrain_minutes is not None and not args.checkpoint:
         p.error("--pretrain-minutes describes a --checkpoint (a pre-training run here is timed)")
     return args
@@ -273,11 +282,27 @@ def pretrain(cfg, args: argparse.Namespace, times: dict) -> Path:
         if args.pretrain_minutes is not None:
             times["pretrain"] = {"wall_s": args.pretrain_minutes * 60, "given": True}
         return Path(args.checkpoint)
-    from ibot.train.trainer import Pretrainer
-
     with clock(times, "pretrain"):
-        Pretrainer(cfg).fit()
+        if args.processes == 1:
+            from ibot.train.trainer import Pretrainer
+
+            Pretrainer(cfg).fit()
+        else:
+            launch_pretraining(cfg, args.processes, max(1, (args.threads or os.cpu_count() or 1) // args.processes))
     return Path(cfg.run.output_dir) / CHECKPOINT_NAME
+
+
+def launch_pretraining(cfg, processes: int, threads: int) -> None:
+    """``ibot pretrain`` on ``cfg`` under ``torchrun``: ``processes`` processes of ``threads`` threads,
+    each with its share of the batch (``benchmarks/cpu_processes.py`` measures what this buys)."""
+    import yaml
+
+    config = Path(cfg.run.output_dir).with_name("pretrain_config.yaml")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    shares = _common.share_out(cfg.optim.batch_size_per_device, cfg.data.num_workers, processes)
+    cmd, env = _common.ibot_command(["pretrain", "--config", str(config), *shares], processes, threads)
+    subprocess.run(cmd, env=env, cwd=ROOT, check=True)
 
 
 def run_main(args, cfg, protocols: Protocols, work: Path, times: dict) -> dict[str, Any]:
@@ -455,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs,
                    "linear_protocol": "cached", "eval_size": eval_size,
                    "finetune_epochs": args.finetune_epochs, "finetune_recipe": args.finetune_recipe,
-                   "pretrain_set": args.pretrain_set},
+                   "pretrain_set": args.pretrain_set, "pretrain_processes": args.processes},
         "wall_minutes": wall, "cpu_minutes": cpu, "seconds": times,
         "machine": _common.machine_info()}
     if run_name == "ibot":

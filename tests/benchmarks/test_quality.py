@@ -38,3 +38,20 @@ def test_ibot_and_dino_only_are_compared_only_on_the_same_budget(quality):
     assert not quality.checks(_results(same, same, dino_knn=85.5))["ibot_beats_dino_only"]
     longer = {**same, "pretrain_epochs": 8}
     assert "ibot_beats_dino_only" not in quality.checks(_results(same, longer))
+
+
+def test_pretraining_on_two_processes_trains_the_config_with_the_batch_shared_out(quality, tmp_path):
+    import yaml
+
+    from tests.train.helpers import make_image_folder, tiny_config
+
+    folder = make_image_folder(tmp_path / "images", n_per_class=4)
+    cfg = tiny_config(tmp_path / "run" / "pretrain", str(folder), "run.max_steps=1", "data.num_workers=2")
+    quality.launch_pretraining(cfg, processes=2, threads=1)
+    saved = yaml.safe_load((tmp_path / "run" / "pretrain" / "config.yaml").read_text())
+    assert saved["optim"]["batch_size_per_device"] == 2 and saved["data"]["num_workers"] == 1
+    expected = cfg.to_dict()
+    for section, field in (("optim", "batch_size_per_device"), ("data", "num_workers")):
+        saved[section].pop(field), expected[section].pop(field)
+    assert saved == yaml.safe_load(yaml.safe_dump(expected))
+    assert (tmp_path / "run" / "pretrain" / "checkpoint.safetensors").is_file()
