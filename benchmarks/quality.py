@@ -96,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="epochs of the linear sweep on cached features (batch 256)")
     b.add_argument("--finetune-epochs", type=int, default=None,
                    help="fine-tuning epochs, pre-trained and from scratch (default: the recipe's)")
+    b.add_argument("--no-finetune", dest="finetune", action="store_false",
+                   help="no fine-tuning (pre-trained or from scratch): the frozen protocols only")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     b.add_argument("--processes", type=int, default=1,
                    help="pre-train with this many torchrun processes (gloo), the threads and the batch shared "
@@ -329,6 +331,8 @@ def run_main(args, cfg, protocols: Protocols, work: Path, times: dict) -> dict[s
                                     pretrained.identity(), "prototype-argmax", args.data, "val",
                                     protocols.transform, batch_size=512, progress=False)
     out["ibot"]["prototypes"] = cluster_scores(labels.numpy(), ids[:, 0].long().numpy())
+    if not args.finetune:
+        return out
     drop_path = finetune_recipe(args.finetune_recipe).drop_path
     with clock(times, "finetune_ibot"):
         out["ibot"]["finetune"] = finetune(load_backbone(checkpoint, drop_path_rate=drop_path), args.data, args,
@@ -397,14 +401,14 @@ def table(results: dict[str, Any]) -> str:
 
 def same_pretraining(results: dict[str, Any], *runs: str) -> bool:
     """Whether the ``runs`` (names under ``results["runs"]``) pre-trained with the same budget and
-    options, apart from what tells them apart (the ablation, the classes), and were scored at the same
-    input size (runs recorded before the evaluation size was an option were scored at the
+    options and processes (the ``cpu`` preset's KoLeo term sees each process's batch), apart from what
+    tells them apart (the ablation, the classes), and were scored at the same input size (runs recorded before the evaluation size was an option were scored at the
     pre-training crop size)."""
     def budget(run: str) -> tuple:
         b = results.get("runs", {}).get(run, {}).get("budget", {})
         pretrain_set = tuple(b.get("pretrain_set", ()))
         eval_size = b.get("eval_size") or resolve_config(PRESET, overrides=pretrain_set).data.global_crops_size
-        return b.get("pretrain_epochs"), pretrain_set, eval_size
+        return b.get("pretrain_epochs"), pretrain_set, eval_size, b.get("pretrain_processes", 1)
 
     return len({budget(run) for run in runs}) == 1
 
@@ -416,6 +420,7 @@ def checks(results: dict[str, Any]) -> dict[str, bool]:
     if "ibot" in r and "raw_pixels" in r:
         for key in ("knn", "linear"):
             out[f"ibot_{key}_beats_baselines"] = r["ibot"][key] > max(r["raw_pixels"][key], r["random_init"][key])
+    if "finetune" in r.get("ibot", {}) and "scratch" in r:
         out["finetune_beats_scratch_and_linear"] = r["ibot"]["finetune"] > max(r["scratch"]["finetune"],
                                                                                r["ibot"]["linear"])
     if "ibot" in r and "dino_only" in r and same_pretraining(r, "ibot", "dino-only"):
@@ -479,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command, "data": args.data, "num_train": n_train, "num_val": n_val,
         "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs,
                    "linear_protocol": "cached", "eval_size": eval_size,
-                   "finetune_epochs": args.finetune_epochs, "finetune_recipe": args.finetune_recipe,
+                   "finetune_epochs": args.finetune_epochs if args.finetune else 0, "finetune_recipe": args.finetune_recipe,
                    "pretrain_set": args.pretrain_set, "pretrain_processes": args.processes},
         "wall_minutes": wall, "cpu_minutes": cpu, "seconds": times,
         "machine": _common.machine_info()}

@@ -38,6 +38,19 @@ def test_ibot_and_dino_only_are_compared_only_on_the_same_budget(quality):
     assert not quality.checks(_results(same, same, dino_knn=85.5))["ibot_beats_dino_only"]
     longer = {**same, "pretrain_epochs": 8}
     assert "ibot_beats_dino_only" not in quality.checks(_results(same, longer))
+    on_two_processes = {**same, "pretrain_processes": 2}  # KoLeo saw half the batch
+    assert "ibot_beats_dino_only" not in quality.checks(_results(same, on_two_processes))
+    assert quality.checks(_results({**same, "pretrain_processes": 1}, same))["ibot_beats_dino_only"]
+
+
+def test_a_run_without_fine_tuning_is_checked_on_the_frozen_protocols(quality):
+    same = {"pretrain_epochs": 18, "pretrain_set": [], "eval_size": 28}
+    results = _results(same, same)
+    del results["ibot"]["finetune"], results["scratch"]
+    checks = quality.checks(results)
+    assert "finetune_beats_scratch_and_linear" not in checks
+    assert checks["ibot_knn_beats_baselines"] and checks["ibot_beats_dino_only"]
+    assert not quality.targets(results)["ibot_finetune_at_least_93"]
 
 
 def test_pretraining_on_two_processes_trains_the_config_with_the_batch_shared_out(quality, tmp_path):
