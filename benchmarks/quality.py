@@ -402,8 +402,8 @@ def table(results: dict[str, Any]) -> str:
 def same_pretraining(results: dict[str, Any], *runs: str) -> bool:
     """Whether the ``runs`` (names under ``results["runs"]``) pre-trained with the same budget and
     options and processes (the ``cpu`` preset's KoLeo term sees each process's batch), apart from what
-    tells them apart (the ablation, the classes), and were scored at the same input size (runs recorded before the evaluation size was an option were scored at the
-    pre-training crop size)."""
+    tells them apart (the ablation, the classes), and were scored at the same input size (runs
+    recorded before the evaluation size was an option were scored at the pre-training crop size)."""
     def budget(run: str) -> tuple:
         b = results.get("runs", {}).get(run, {}).get("budget", {})
         pretrain_set = tuple(b.get("pretrain_set", ()))
@@ -484,8 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": command, "data": args.data, "num_train": n_train, "num_val": n_val,
         "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs,
                    "linear_protocol": "cached", "eval_size": eval_size,
-                   "finetune_epochs": args.finetune_epochs if args.finetune else 0, "finetune_recipe": args.finetune_recipe,
-                   "pretrain_set": args.pretrain_set, "pretrain_processes": args.processes},
+                   "finetune_epochs": args.finetune_epochs if args.finetune else 0,
+                   "finetune_recipe": args.finetune_recipe, "pretrain_set": args.pretrain_set,
+                   "pretrain_processes": args.processes},
         "wall_minutes": wall, "cpu_minutes": cpu, "seconds": times,
         "machine": _common.machine_info()}
     if run_name == "ibot":
