@@ -101,7 +101,8 @@ def _unknown(dotted: str, node: Any, prefix: str) -> ValueError:
 
 def set_option(cfg: Any, dotted: str, value: Any) -> None:
     """Set the option ``dotted`` (``section.field``, or ``field`` of a flat config) on ``cfg``;
-    raises a one-line error naming a misspelt option and the closest one."""
+    raises a one-line error naming a misspelt option and the closest one, or a value outside the
+    field's ``metadata["choices"]``."""
     node, prefix = cfg, ""
     *sections, key = dotted.split(".")
     for section in sections:
@@ -112,7 +113,11 @@ def set_option(cfg: Any, dotted: str, value: Any) -> None:
     hints = get_type_hints(type(node))
     if key not in hints or dataclasses.is_dataclass(hints[key]):
         raise _unknown(dotted, node, prefix)
-    setattr(node, key, coerce(value, hints[key], dotted))
+    value = coerce(value, hints[key], dotted)
+    choices = next(f.metadata.get("choices") for f in dataclasses.fields(node) if f.name == key)
+    if choices is not None and value not in choices:  # the field's metadata, as its command-line option has
+        raise ValueError(f"{dotted} must be one of {', '.join(map(str, choices))}, got '{value}'")
+    setattr(node, key, value)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -57,6 +57,27 @@ def test_a_value_of_the_wrong_type_names_the_option():
         set_option(Flat(), "epochs", "many")
 
 
+@dataclass
+class Head:
+    pool: str = field(default="cls", metadata={"choices": ("cls", "mean")})
+
+
+@dataclass
+class WithChoices:
+    head: Head = field(default_factory=Head)
+
+
+def test_a_value_outside_the_fields_choices_is_refused_wherever_it_comes_from(tmp_path):
+    (tmp_path / "c.yaml").write_text("head: {pool: max}\n")
+    for given in (lambda cfg: apply(cfg, tmp_path / "c.yaml"), lambda cfg: apply(cfg, overrides=["head.pool=max"])):
+        cfg = WithChoices()
+        with pytest.raises(ValueError, match="head.pool must be one of cls, mean, got 'max'"):
+            given(cfg)
+        assert cfg.head.pool == "cls"
+    set_option(cfg, "head.pool", "mean")
+    assert cfg.head.pool == "mean"
+
+
 def test_field_help_from_metadata_or_the_line_comment():
     assert field_help(Flat) == {"epochs": "passes over the data", "layer_decay": "", "policy": "augmentation policy",
                                 "ratios": ""}

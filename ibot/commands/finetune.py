@@ -44,12 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def resolve_finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, list[str]]:
     """The fine-tuning config: the recipe's defaults, ``--config``'s YAML file, overrides, then the
     options given; ``(config, names of the options set)``."""
-    from ibot.eval.finetune_config import POOLS, FinetuneConfig
+    from ibot.eval.finetune_config import FinetuneConfig
 
     cfg = _defaults(args.recipe)
     chosen = resolve_from_args(cfg, args, [f.name for f in dataclasses.fields(FinetuneConfig)])
-    if cfg.pool not in POOLS:  # --pool's choices hold it on the command line; this catches --config and overrides
-        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got '{cfg.pool}'")
     if cfg.auto_augment is not None and cfg.auto_augment.lower() in ("none", ""):
         cfg.auto_augment = None
     return cfg, chosen
