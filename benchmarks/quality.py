@@ -69,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 from ibot.build import backbone_kwargs  # noqa: E402
 from ibot.config import resolve_config  # noqa: E402
 from ibot.formats.ours import CHECKPOINT_NAME  # noqa: E402
+from ibot.options import to_yaml  # noqa: E402
 from ibot.data.datasets import build_dataset  # noqa: E402
 from ibot.eval.checkpoints import LoadedBackbone, load_backbone, load_head, random_backbone  # noqa: E402
 from ibot.eval.cluster import cluster_scores, kmeans_clusters, prototype_assigner  # noqa: E402
@@ -297,11 +298,9 @@ def pretrain(cfg, args: argparse.Namespace, times: dict) -> Path:
 def launch_pretraining(cfg, processes: int, threads: int) -> None:
     """``ibot pretrain`` on ``cfg`` under ``torchrun``: ``processes`` processes of ``threads`` threads,
     each with its share of the batch (``benchmarks/cpu_processes.py`` measures what this buys)."""
-    import yaml
-
     config = Path(cfg.run.output_dir).with_name("pretrain_config.yaml")
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    config.write_text(to_yaml(cfg))
     shares = _common.share_out(cfg.optim.batch_size_per_device, cfg.data.num_workers, processes)
     cmd, env = _common.ibot_command(["pretrain", "--config", str(config), *shares], processes, threads)
     subprocess.run(cmd, env=env, cwd=ROOT, check=True)

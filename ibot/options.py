@@ -153,6 +153,11 @@ def load_yaml(cfg: Any, path: str | Path, ignore: tuple[str, ...] = ("preset",))
         set_option(cfg, dotted, value)
 
 
+def to_yaml(cfg: Any) -> str:
+    """``cfg`` as the YAML that :func:`apply` (and ``--config``) reads back."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"optim.lr=1e-3"`` -> ``("optim.lr", 0.001)`` (the value read as YAML)."""
     if "=" not in text:

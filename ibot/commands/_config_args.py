@@ -102,9 +102,3 @@ def resolve_from_args(cfg: Any, args: argparse.Namespace, names: list[str]) -> l
         chosen = [*(key for key in flatten(read_yaml(args.config)) if key not in ignore), *chosen]
     return [*chosen, *set_given(cfg, args, names)]
 
-
-def config_yaml(cfg: Any) -> str:
-    """``cfg`` as the YAML that ``--config`` reads."""
-    import yaml
-
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

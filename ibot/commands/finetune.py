@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from ibot.commands import _eval_args as common
 from ibot.commands import add_output_dir, command, resolve_resume
-from ibot.commands._config_args import add_config_arguments, add_dataclass_arguments, config_yaml, resolve_from_args
+from ibot.commands._config_args import add_config_arguments, add_dataclass_arguments, resolve_from_args
+from ibot.options import to_yaml
 
 if TYPE_CHECKING:
     from ibot.eval.finetune_config import FinetuneConfig
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     args.image_size = cfg.image_size if "image_size" in chosen else None  # else the checkpoint's
     cfg.image_size = common.image_size(args, loaded)
     if args.print_config:
-        print(config_yaml(cfg), end="")
+        print(to_yaml(cfg), end="")
         return 0
     data = common.data_spec(args, loaded)
     held = common.holdout(args)

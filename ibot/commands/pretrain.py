@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ibot.commands import command, resolve_resume
-from ibot.commands._config_args import add_config_arguments, config_yaml
+from ibot.commands._config_args import add_config_arguments
+from ibot.options import to_yaml
 
 if TYPE_CHECKING:
     from ibot.config import PretrainConfig
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     start = resolve_run(args)
     cfg = start.cfg
     if args.print_config:
-        print(config_yaml(cfg))
+        print(to_yaml(cfg))
         return 0
     from ibot.build import check_checkpoint_shapes
     from ibot.data.datasets import val_split_problem

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ibot.build import build_augmentation, build_mask_generator, build_student_teacher, check_checkpoint_shapes
 from ibot.config import PretrainConfig
 from ibot.data.datasets import build_dataset
 from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretrain
 from ibot.formats import ours as ckpt
+from ibot.options import to_yaml
 from ibot.runtime import resolve_device, resolve_precision
 from ibot.schedules import cosine_schedule
 from ibot.train.collapse import collapse_warnings
@@ -230,7 +230,7 @@ class Pretrainer:
                            tensorboard=cfg.run.tensorboard)
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
             logger.info(f"iBOT pre-training: {cfg.model.arch}/{cfg.model.patch_size} on {cfg.data.data} "
                         f"({len(self.dataset)} images), {self.steps_per_epoch} steps x {cfg.optim.epochs} epochs, "
                         f"batch {self.global_batch} on {self.dist.world_size} x {self.device.type}"
