@@ -30,6 +30,7 @@ from ibot.options import (  # noqa: F401 (set_option, parse_override: re-exporte
 )
 
 Ratio = Union[float, list[float]]
+ATTENTIONS = ("auto", "fused", "explicit")  # run.attention (ibot.runtime.resolve_attention)
 
 
 @dataclass
@@ -128,6 +129,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
     precision: str = "auto"  # "auto" (bf16 on GPU and on CPUs with native bf16), "fp32", "bf16", "fp16"
+    # attention as softmax(q k^T / sqrt(d)) v ("explicit") or scaled_dot_product_attention ("fused");
+    # "auto": explicit on the CPU (faster there), fused on the GPU
+    attention: str = field(default="auto", metadata=dict(choices=ATTENTIONS))
     log_every_steps: int = 10
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     saveckp_freq: int = 40  # also keep checkpoint_epochNNNN.safetensors every N epochs (official: 40; 0: never)

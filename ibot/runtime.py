@@ -1,4 +1,5 @@
-"""Where a run executes: the device and the autocast precision that ``auto`` stands for."""
+"""Where a run executes: the device, and the autocast precision and attention kernel that ``auto``
+stands for."""
 
 from __future__ import annotations
 
@@ -57,3 +58,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got '{precision}'")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def resolve_attention(attention: str, device: torch.device) -> bool:
+    """Whether a training run's ViT blocks compute attention explicitly, ``softmax(q k^T / sqrt(d))
+    v`` (True), or through torch's ``scaled_dot_product_attention`` (timm's fused path, False): the
+    same maths. ``attention`` is ``run.attention``: ``explicit``, ``fused``, or ``auto``: explicit
+    on the CPU, fused on the GPU. On the CPU, ATen's flash-attention kernel shares short
+    sequences out badly over threads (the ``cpu`` preset's step with 2 threads is faster explicit,
+    ``benchmarks/README.md``) and its bf16 backward is slow; inference, which has no backward,
+    keeps the fused kernel."""
+    return attention == "explicit" or (attention == "auto" and device.type == "cpu")

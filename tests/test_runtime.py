@@ -37,3 +37,19 @@ def test_auto_on_gpu_is_bf16_and_bad_names_fail(monkeypatch):
     assert precision.resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
     with pytest.raises(ValueError, match="precision"):
         precision.resolve_precision("fp8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("attention", "device", "explicit"), [
+    ("auto", "cpu", True), ("auto", "cuda", False), ("fused", "cpu", False), ("explicit", "cuda", True)])
+def test_attention_auto_is_explicit_on_the_cpu_only(attention, device, explicit):
+    assert precision.resolve_attention(attention, torch.device(device)) is explicit
+
+
+def test_run_attention_is_checked_when_set():
+    from ibot.config import PretrainConfig, set_option
+
+    cfg = PretrainConfig()
+    set_option(cfg, "run.attention", "fused")
+    assert cfg.run.attention == "fused"
+    with pytest.raises(ValueError, match="run.attention must be one of auto, fused, explicit"):
+        set_option(cfg, "run.attention", "flash")

@@ -20,6 +20,7 @@ from ibot.data.pretrain import PretrainBatch
 from ibot.data.transforms import MultiCropAugmentation
 from ibot.loss import koleo_loss
 from ibot.models import MultiCropWrapper, use_explicit_attention
+from ibot.runtime import resolve_attention
 from ibot.train.collapse import PrototypeLabels, collapse_metrics
 from ibot.train.ema import EMAUpdater
 from ibot.train.sharding import shard_networks
@@ -45,9 +46,7 @@ class IBOTObjective:
         self.student, self.teacher = student, teacher
         self.student.to(device)
         self.teacher.to(device).eval()
-        if device.type == "cpu" and amp_dtype is not None:
-            # measured (benchmarks/README.md): ATen's CPU flash-attention backward is slow in bf16,
-            # while the explicit softmax(QK^T)V runs on AMX matmuls; same maths
+        if resolve_attention(cfg.run.attention, device):  # the same maths, faster on the CPU
             use_explicit_attention(self.student, self.teacher)
         # ``student``/``teacher`` hold the weights; ``student_step``/``teacher_step`` run the forward
         # (through DDP and torch.compile when enabled)

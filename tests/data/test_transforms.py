@@ -2,12 +2,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
+from torchvision.transforms import InterpolationMode, v2
 
 from ibot.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MultiCropAugmentation,
     RandomGaussianBlur,
+    ResizedCropFlip,
     eval_transform,
 )
 
@@ -29,6 +31,30 @@ def test_output_count_sizes_and_dtype(image):
     assert [tuple(c.shape) for c in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
     assert all(c.dtype == torch.float32 for c in crops)
     assert len(_small(global_crops_number=3, local_crops_number=0)(image)) == 3
+
+
+@pytest.mark.parametrize(("size", "scale"), [(32, (0.4, 1.0)), (16, (0.05, 0.4)), (48, (1.0, 1.0))])
+def test_resized_crop_flip_is_torchvisions_crop_and_flip(image, size, scale):
+    """The same draws and pixels as v2's RandomResizedCrop (bicubic), flip and PILToTensor in that
+    order: up- and downscaled crops, and torchvision's fallback crop (the whole area asked for)."""
+    ops = v2.Compose([v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC),
+                      v2.RandomHorizontalFlip(p=0.5), v2.PILToTensor()])
+    lean = ResizedCropFlip(size, scale)
+    gray = image.convert("L")
+    for seed in range(40):
+        for picture in (image, gray):
+            torch.manual_seed(seed)
+            expected = ops(picture)
+            torch.manual_seed(seed)
+            got = lean(picture)
+            assert got.dtype == torch.uint8 and got.shape == expected.shape
+            assert torch.equal(got, expected), f"seed {seed}, mode {picture.mode}"
+        torch.manual_seed(seed)
+        ops(image)
+        after_ops = torch.rand(())
+        torch.manual_seed(seed)
+        lean(image)
+        assert torch.rand(()) == after_ops  # as many draws as torchvision's ops
 
 
 def test_gray_input_gives_three_channels():

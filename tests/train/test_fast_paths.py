@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ibot.models import use_explicit_attention
 from ibot.train import objective as objective_module
 from ibot.train import trainer as trainer_module
 from ibot.train.trainer import Pretrainer
@@ -42,12 +41,16 @@ def loop_clip(parameters, clip):
 
 def test_plain_and_fast_paths_give_the_same_losses(tmp_path, image_folder, monkeypatch):
     steps = ["run.max_steps=4", "model.drop_path_rate=0.0", "run.precision=fp32"]  # auto is bf16 on some CPUs
-    fast = _losses(Pretrainer(tiny_config(tmp_path / "fast", image_folder, *steps)).fit())
+    fast_trainer = Pretrainer(tiny_config(tmp_path / "fast", image_folder, *steps, "run.attention=fused"))
+    assert all(m.fused_attn for m in fast_trainer.student.modules() if hasattr(m, "fused_attn"))
+    fast = _losses(fast_trainer.fit())
 
     monkeypatch.setattr(objective_module, "EMAUpdater", LoopEMA)
     monkeypatch.setattr(trainer_module, "clip_gradients_per_param", loop_clip)
+    # the explicit softmax(q k^T / sqrt(d)) v instead of scaled_dot_product_attention (auto's choice on the CPU)
     plain_trainer = Pretrainer(tiny_config(tmp_path / "plain", image_folder, *steps, "optim.fused=false"))
-    use_explicit_attention(plain_trainer.student, plain_trainer.teacher)  # instead of scaled_dot_product_attention
+    assert not any(m.fused_attn for net in (plain_trainer.student, plain_trainer.teacher)
+                   for m in net.modules() if hasattr(m, "fused_attn"))
     for group in plain_trainer.optimizer.param_groups:
         group["foreach"] = False
     # every global-crop token through the last block and the heads, read at the masks for the loss (official;
