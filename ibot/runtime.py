@@ -61,11 +61,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def resolve_attention(attention: str, device: torch.device) -> bool:
-    """Whether a training run's ViT blocks compute attention explicitly, ``softmax(q k^T / sqrt(d))
+    """Whether a pre-training run's ViT blocks compute attention explicitly, ``softmax(q k^T / sqrt(d))
     v`` (True), or through torch's ``scaled_dot_product_attention`` (timm's fused path, False): the
     same maths. ``attention`` is ``run.attention``: ``explicit``, ``fused``, or ``auto``: explicit
     on the CPU, fused on the GPU. On the CPU, ATen's flash-attention kernel shares short
     sequences out badly over threads (the ``cpu`` preset's step with 2 threads is faster explicit,
-    ``benchmarks/README.md``) and its bf16 backward is slow; inference, which has no backward,
-    keeps the fused kernel."""
+    ``benchmarks/README.md``) and its bf16 backward is slow; inference and fine-tuning, where
+    it was as fast or faster, keep the fused kernel."""
     return attention == "explicit" or (attention == "auto" and device.type == "cpu")

@@ -147,8 +147,7 @@ class Finetuner:
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
         from ibot.eval.features import evaluation_transform
-        from ibot.models import use_explicit_attention
-        from ibot.runtime import resolve_attention, resolve_device, resolve_precision
+        from ibot.runtime import resolve_device, resolve_precision
         from ibot.schedules import cosine_schedule
 
         self.cfg, self.data, self.arch = cfg, data, arch
@@ -179,8 +178,6 @@ class Finetuner:
 
         torch.manual_seed(cfg.seed)
         self.model = FinetuneModel(backbone, num_classes, pool=cfg.pool, image_size=cfg.image_size).to(self.device)
-        if resolve_attention("auto", self.device):  # as pre-training: the explicit form on the CPU
-            use_explicit_attention(self.model)
         decay = cfg.layer_decay if cfg.layer_decay is not None else default_layer_decay(arch)
         self.layer_decay = decay
         groups = layer_decay_param_groups(self.model, cfg.weight_decay, decay, head_lr_scale=cfg.head_lr_scale)
