@@ -39,18 +39,23 @@ def loop_clip(parameters, clip):
                 p.grad.mul_(coef)
 
 
+def _fused_attn_flags(trainer: Pretrainer) -> list[bool]:
+    """timm's ``fused_attn`` of every attention layer of the student and the teacher."""
+    nets = (trainer.student, trainer.teacher)
+    return [m.fused_attn for net in nets for m in net.modules() if hasattr(m, "fused_attn")]
+
+
 def test_plain_and_fast_paths_give_the_same_losses(tmp_path, image_folder, monkeypatch):
     steps = ["run.max_steps=4", "model.drop_path_rate=0.0", "run.precision=fp32"]  # auto is bf16 on some CPUs
     fast_trainer = Pretrainer(tiny_config(tmp_path / "fast", image_folder, *steps, "run.attention=fused"))
-    assert all(m.fused_attn for m in fast_trainer.student.modules() if hasattr(m, "fused_attn"))
+    assert set(_fused_attn_flags(fast_trainer)) == {True}
     fast = _losses(fast_trainer.fit())
 
     monkeypatch.setattr(objective_module, "EMAUpdater", LoopEMA)
     monkeypatch.setattr(trainer_module, "clip_gradients_per_param", loop_clip)
     # the explicit softmax(q k^T / sqrt(d)) v instead of scaled_dot_product_attention (auto's choice on the CPU)
     plain_trainer = Pretrainer(tiny_config(tmp_path / "plain", image_folder, *steps, "optim.fused=false"))
-    assert not any(m.fused_attn for net in (plain_trainer.student, plain_trainer.teacher)
-                   for m in net.modules() if hasattr(m, "fused_attn"))
+    assert set(_fused_attn_flags(plain_trainer)) == {False}
     for group in plain_trainer.optimizer.param_groups:
         group["foreach"] = False
     # every global-crop token through the last block and the heads, read at the masks for the loss (official;
