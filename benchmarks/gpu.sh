@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements in one run, for an H100/H200 (needs torch, timm, safetensors,
 # scikit-learn): ours and the official ViT-S/16 step side by side, ours compiled, the
-# full step fed by 16 data-loader workers, then the batched colour step on the GPU. About 5 minutes
-# on an H200. Results (JSON and logs) go to $OUT, or benchmarks/results without it.
+# full step fed by 16 data-loader workers, then the batched colour step on the GPU. Under 2
+# minutes on an H200 without the compiled variant (its compile time is not yet measured on a
+# GPU). Results (JSON and logs) go to $OUT, or benchmarks/results without it.
 #
 #   OFFICIAL=/path/to/bytedance-ibot-checkout bash benchmarks/gpu.sh
 #
