@@ -62,13 +62,39 @@ class EpochMeter:
         return out
 
 
-def _tensorboard_writer(log_dir: Path):
-    """A TensorBoard ``SummaryWriter``, or None when tensorboard is not installed."""
+def _tensorboard_writer(log_dir: Path, purge_step: int | None = None):
+    """A TensorBoard ``SummaryWriter``, or None when tensorboard is not installed. ``purge_step``:
+    events from this step on, left by an earlier process, are discarded (a resumed run)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+
+def trim_log(path: Path, resume_at: int) -> int:
+    """Cut ``log.jsonl`` back to a checkpoint taken after ``resume_at`` steps: records are written
+    in order, so everything from the first step record past it (or a torn line, left by a crash)
+    on was written after the checkpoint, and a resumed run logs those steps again. Returns how
+    many records were dropped."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    keep = len(lines)
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            keep = i
+            break
+        if record.get("type") == "step" and record.get("global_step", 0) > resume_at:
+            keep = i
+            break
+    if keep < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(lines[:keep]))
+        tmp.replace(path)
+    return len(lines) - keep
 
 
 class RunLogger:
@@ -76,13 +102,19 @@ class RunLogger:
     installed) in the output folder and draws a progress bar; main process only."""
 
     def __init__(self, output_dir: Path, enabled: bool = True, progress: bool = True,
-                 tensorboard: bool = False) -> None:
+                 tensorboard: bool = False, resume_at: int | None = None) -> None:
+        """``resume_at``: the steps done at the checkpoint a resumed run starts from; what the log
+        and the TensorBoard events hold past it is dropped (:func:`trim_log`)."""
         self.enabled = enabled
         self.progress = progress and enabled
         self.path = Path(output_dir) / "log.jsonl"
         self.records: list[dict[str, Any]] = []
         self.bar: ProgressBar | None = None
-        self.writer = _tensorboard_writer(Path(output_dir) / "tensorboard") if tensorboard and enabled else None
+        dropped = trim_log(self.path, resume_at) if enabled and resume_at is not None else 0
+        if dropped:
+            self.info(f"{self.path}: dropped {dropped} records written after the checkpoint (past step {resume_at})")
+        purge = None if resume_at is None else resume_at + 1
+        self.writer = _tensorboard_writer(Path(output_dir) / "tensorboard", purge) if tensorboard and enabled else None
 
     def info(self, message: str) -> None:
         if self.enabled:

@@ -226,8 +226,9 @@ class Pretrainer:
         state = self.load(resume) if resume else TrainState()
         if state.step_in_epoch >= self.steps_per_epoch:  # saved after an epoch's last step: the next one is due
             state = TrainState(state.epoch + 1, 0)
+        done = state.epoch * self.steps_per_epoch + state.step_in_epoch
         logger = RunLogger(self.output_dir, enabled=self.dist.is_main, progress=cfg.run.progress,
-                           tensorboard=cfg.run.tensorboard)
+                           tensorboard=cfg.run.tensorboard, resume_at=done if resume else None)
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -236,7 +237,7 @@ class Pretrainer:
                         f"batch {self.global_batch} on {self.dist.world_size} x {self.device.type}"
                         + (f", resumed at epoch {state.epoch} step {state.step_in_epoch}" if resume else ""))
         self.student.train()
-        max_steps, done = cfg.run.max_steps, state.epoch * self.steps_per_epoch + state.step_in_epoch
+        max_steps = cfg.run.max_steps
         if max_steps and done >= max_steps:  # in total, counting the steps before a resume
             logger.info(f"the run is at step {done}, run.max_steps={max_steps}: nothing to train "
                         f"(raise run.max_steps, or 0 for every epoch)")

@@ -44,6 +44,32 @@ def test_resume_continues_exactly(tmp_path, image_folder):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_a_resume_drops_what_was_logged_after_its_checkpoint(tmp_path, image_folder, capsys):
+    # a run killed after logging steps its checkpoint does not hold: those records (and a torn
+    # last line) go, the resumed run logs the steps again, each step is in the log once, in order
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    Pretrainer(tiny_config(tmp_path, image_folder, "run.max_steps=3", "run.tensorboard=true")).fit()
+    stale = [{"type": "step", "epoch": 0, "step": s, "global_step": s, "loss": -1.0} for s in (4, 5)]
+    with (tmp_path / "log.jsonl").open("a") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in stale) + '{"type": "st')
+    with SummaryWriter(str(tmp_path / "tensorboard")) as writer:
+        for r in stale:
+            writer.add_scalar("step/loss", r["loss"], r["global_step"])
+    Pretrainer(tiny_config(tmp_path, image_folder, "run.tensorboard=true")).fit(
+        resume=tmp_path / "checkpoint.safetensors")
+    assert "dropped 3 records written after the checkpoint (past step 3)" in capsys.readouterr().err
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in logged if r["type"] == "step"] == list(range(1, 9))
+    assert [r["epoch"] for r in logged if r["type"] == "epoch"] == [0, 1]
+    assert all(r.get("loss") != -1.0 for r in logged)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("step/loss")
+    assert [e.step for e in scalars] == list(range(1, 9)) and all(e.value != -1.0 for e in scalars)
+
+
 def test_a_stop_on_the_last_step_of_an_epoch_ends_that_epoch(tmp_path, image_folder):
     first = Pretrainer(tiny_config(tmp_path, image_folder, "run.max_steps=4")).fit()  # 4 steps per epoch
     assert [(r["type"], r["epoch"]) for r in first][-2:] == [("step", 0), ("epoch", 0)]
