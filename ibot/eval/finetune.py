@@ -16,8 +16,9 @@ which the official iBOT fine-tuning uses).
   classifier only, so that a random head does not pull the pre-trained features around.
 - Optional EMA of the weights (timm ``ModelEmaV3``), evaluated alongside.
 - Top-1 / top-5 on the val split after every epoch; an atomic checkpoint after every epoch,
-  and ``resume`` continues from it. Each epoch seeds every generator from ``(seed, epoch)``, so
-  a resumed run repeats the epochs an uninterrupted one would have run.
+  and ``resume`` continues from it (``log.jsonl`` rewritten from the checkpoint's history, so an
+  epoch logged after the last save is not in it twice). Each epoch seeds every generator from
+  ``(seed, epoch)``, so a resumed run repeats the epochs an uninterrupted one would have run.
 - Under ``torchrun``: the model is wrapped in DDP and ``batch_size`` stays the global batch (each
   of N processes takes ``batch_size / N`` images of every step), so the steps, the lr schedule and
   its batch scaling are those of one process. Every epoch draws one order of the train set, the
@@ -319,8 +320,13 @@ class Finetuner:
         """Train to ``cfg.epochs`` (or for at most ``max_epochs`` in this call, then stop with a
         checkpoint); returns the results (best and last top-1/top-5, history)."""
         start, history = self.load(resume) if resume else (0, [])
+        log = self.output_dir / "log.jsonl"
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            if resume:  # the log as the checkpoint knows it: no epoch logged after the save, no torn line
+                tmp = log.with_name(log.name + ".tmp")
+                tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
+                tmp.replace(log)
         if start == 0 and self.cfg.head_init_epochs > 0:
             self.init_head()
         end = self.cfg.epochs if max_epochs is None else min(self.cfg.epochs, start + max_epochs)
@@ -338,7 +344,7 @@ class Finetuner:
             history.append(record)
             if not self.dist.is_main:
                 continue
-            with (self.output_dir / "log.jsonl").open("a") as handle:
+            with log.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             write(f"fine-tune epoch {epoch}: loss {record['train_loss']:.4f}, val top-1 {record['val_top1']:.2f}%"
                        f" top-5 {record['val_top5']:.2f}%"

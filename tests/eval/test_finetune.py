@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -18,8 +20,12 @@ def make_tuner(run_dir, tiny_run, epochs, **overrides):
 def test_resumed_finetuning_matches_an_uninterrupted_run(tmp_path, tiny_run):
     full = make_tuner(tmp_path / "full", tiny_run, epochs=2).fit()
     make_tuner(tmp_path / "parts", tiny_run, epochs=2).fit(max_epochs=1)  # interrupted after epoch 0
+    with (tmp_path / "parts" / "log.jsonl").open("a") as handle:  # killed after logging epoch 1, before its save
+        handle.write(json.dumps({"epoch": 1, "train_loss": -1.0}) + "\n" + '{"epo')
     resumed = make_tuner(tmp_path / "parts", tiny_run, epochs=2).fit(resume=tmp_path / "parts" / "checkpoint.safetensors")
     assert [r["epoch"] for r in resumed["history"]] == [0, 1]
+    logged = [json.loads(line) for line in (tmp_path / "parts" / "log.jsonl").read_text().splitlines()]
+    assert logged == resumed["history"] and all(r["train_loss"] != -1.0 for r in logged)
     assert resumed["history"][1]["train_loss"] == pytest.approx(full["history"][1]["train_loss"], rel=1e-5)
     a, meta = ckpt.load_checkpoint(tmp_path / "full" / "checkpoint.safetensors")
     b, _ = ckpt.load_checkpoint(tmp_path / "parts" / "checkpoint.safetensors")
