@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from ibot.data.datasets import Holdout, build_dataset
 from ibot.data.views import EvalDataset, collate_skip_none
 from ibot.distributed import any_over_processes, current
 from ibot.eval.shards import gather_batch_objects, gather_batches, process_batches
+from ibot.files import replaced_atomically
 from ibot.models.tokens import patch_tokens
 from ibot.progress import progress_bar
 
@@ -113,10 +113,8 @@ class FeatureCache:
             return saved["features"], saved["labels"], saved["skipped"]
         features, labels, skipped = extract_features(forward, dataset, **kwargs)
         if path is not None and (not sharded or current().is_main):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"features": features, "labels": labels, "skipped": skipped, "parts": stored}, tmp)
-            os.replace(tmp, path)  # never half a cache file
+            with replaced_atomically(path) as tmp:  # never half a cache file
+                torch.save({"features": features, "labels": labels, "skipped": skipped, "parts": stored}, tmp)
         return features, labels, skipped
 
 

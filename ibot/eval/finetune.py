@@ -51,6 +51,7 @@ from ibot.eval.finetune_config import FinetuneConfig, default_layer_decay
 from ibot.eval.finetune_model import FinetuneModel, layer_decay_param_groups
 from ibot.eval.metrics import topk_hits
 from ibot.eval.shards import gather_batch_objects, process_batches, process_slice
+from ibot.files import write_text_atomically
 from ibot.formats.ours import CHECKPOINT_NAME
 from ibot.image_io import format_skipped
 from ibot.progress import progress_bar, write
@@ -324,9 +325,7 @@ class Finetuner:
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if resume:  # the log as the checkpoint knows it: no epoch logged after the save, no torn line
-                tmp = log.with_name(log.name + ".tmp")
-                tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
-                tmp.replace(log)
+                write_text_atomically(log, "".join(json.dumps(record) + "\n" for record in history))
         if start == 0 and self.cfg.head_init_epochs > 0:
             self.init_head()
         end = self.cfg.epochs if max_epochs is None else min(self.cfg.epochs, start + max_epochs)

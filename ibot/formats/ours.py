@@ -16,10 +16,7 @@ Safetensors runs no code on load, so our own files are safe to open from anywher
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from ibot.files import replaced_atomically
 
 FORMAT = "ibot-checkpoint"
 VERSION = 1
@@ -67,12 +66,6 @@ class CheckpointWriteError(OSError):
         return str(self.args[0])
 
 
-def temporary_files(path: str | Path) -> list[Path]:
-    """The temporary files :func:`save_checkpoint` makes beside ``path`` (a killed process leaves them)."""
-    path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
-
-
 def _write_error(path: Path, exc: Exception) -> CheckpointWriteError:
     """One line for a failed write; safetensors reports I/O errors as ``SafetensorError``."""
     reason, code = getattr(exc, "strerror", None), getattr(exc, "errno", None)
@@ -103,25 +96,11 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
         plain[key] = tensor.clone() if ident in seen else tensor
         seen.add(ident)
     header = {"ibot": json.dumps({"format": FORMAT, "version": VERSION, **meta, "kind": kind})}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
-        # O_EXCL as mkstemp, but created with the mode open() gives here under the umask (mkstemp's is
-        # 0600), and that mode is put back after safetensors, which writes its files 0600
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        os.close(fd)
-        save_file(plain, tmp, metadata=header)
-        os.chmod(tmp, mode)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with replaced_atomically(path) as tmp:
+            save_file(plain, str(tmp), metadata=header)
     except (OSError, SafetensorError) as exc:
         raise _write_error(path, exc) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -17,7 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ibot.formats.ours import CHECKPOINT_NAME, temporary_files
+from ibot.files import temporary_files
+from ibot.formats.ours import CHECKPOINT_NAME
 
 RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "log.jsonl")  # a folder with one of these holds a run
 RUN_OUTPUTS = (*RUN_FILES, "knn.json", "tensorboard")  # what a run writes, removed by --overwrite

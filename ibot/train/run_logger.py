@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ibot.files import write_text_atomically
 from ibot.progress import ProgressBar, progress_bar, write
 
 from ibot.image_io import format_skipped
@@ -91,9 +92,7 @@ def trim_log(path: Path, resume_at: int) -> int:
             keep = i
             break
     if keep < len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(lines[:keep]))
-        tmp.replace(path)
+        write_text_atomically(path, "".join(lines[:keep]))
     return len(lines) - keep
 
 

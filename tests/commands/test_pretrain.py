@@ -12,6 +12,7 @@ import yaml
 from safetensors import SafetensorError
 
 from ibot.cli import main
+from ibot.files import temporary_files
 from ibot.formats import ours as ckpt
 from tests.test_cli_errors import one_line_error
 from tests.tiny import TINY_CROP_OVERRIDES, TINY_MODEL_OVERRIDES
@@ -213,7 +214,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
                     f"the previous checkpoint is intact; make room, then continue with: ibot pretrain --resume auto "
                     f"--output-dir {out}")
     assert ckpt.load_checkpoint(out / "checkpoint.safetensors")[1]["global_step"] == 1
-    assert not ckpt.temporary_files(out / "checkpoint.safetensors")
+    assert not temporary_files(out / "checkpoint.safetensors")
 
 
 def test_unwritable_output_dir_is_one_line_before_building(tmp_path, folder, capsys, monkeypatch):

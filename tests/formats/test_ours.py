@@ -83,11 +83,3 @@ def test_shapes_and_metadata_without_the_tensors(tmp_path):
                                 kind="pretrain")
     shapes, meta = ckpt.read_shapes(path, prefix="a.")
     assert shapes == {"a.w": (3, 2)} and meta["epoch"] == 2
-
-
-def test_temporary_files_of_a_killed_writer_are_found(tmp_path):
-    path = tmp_path / "c.safetensors"
-    left = [tmp_path / ".c.safetensors.x1y2z3.tmp", tmp_path / ".c.safetensors.q9.tmp"]
-    for p in [*left, tmp_path / ".other.safetensors.x.tmp", tmp_path / "c.safetensors.tmp"]:
-        p.write_bytes(b"")
-    assert ckpt.temporary_files(path) == sorted(left)

@@ -1,0 +1,56 @@
+"""Files written whole or not at all: a temporary file beside the target, then an atomic rename.
+
+Checkpoints, run logs that a resumed run cuts back, feature caches and results files are written
+this way, so a reader never sees half a file and a crash leaves the previous file as it was. A killed
+process can leave its temporary file (``.NAME.XXXXXXXX.tmp`` beside ``NAME``) behind;
+:func:`temporary_files` finds them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temporary_files(path: str | Path) -> list[Path]:
+    """The temporary files :func:`replaced_atomically` makes beside ``path`` (a killed process leaves them)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+@contextmanager
+def replaced_atomically(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary path beside ``path`` for the block to write; when the block ends, the
+    file is synced to disk and renamed over ``path``. If the block (or the rename) raises, the
+    temporary file is removed and ``path`` is as it was.
+
+    The file gets the mode a plain ``open`` would give it under the umask, whatever the writer set
+    (safetensors writes 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # O_EXCL as mkstemp, not its 0600
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        yield tmp
+        os.chmod(tmp, mode)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`replaced_atomically`."""
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

@@ -1,0 +1,52 @@
+import os
+import stat
+
+import pytest
+
+from ibot.files import replaced_atomically, temporary_files, write_text_atomically
+
+
+def test_text_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "sub" / "log.jsonl"  # the folder is made
+    write_text_atomically(path, "one\n")
+    write_text_atomically(path, "two\n")
+    assert path.read_text() == "two\n" and temporary_files(path) == []
+
+
+def test_an_error_in_the_block_leaves_the_file_as_it_was(tmp_path):
+    path = write_text_atomically(tmp_path / "cache.pt", "before")
+    with pytest.raises(RuntimeError, match="killed"):
+        with replaced_atomically(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "before" and sorted(p.name for p in tmp_path.iterdir()) == ["cache.pt"]
+
+
+def test_a_failed_rename_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "inside").write_text("x")  # os.replace cannot put a file over a non-empty folder
+    with pytest.raises(OSError):
+        write_text_atomically(target, "text")
+    assert temporary_files(target) == [] and target.is_dir()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_the_file_gets_the_mode_open_gives_whatever_the_writer_set(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        with replaced_atomically(tmp_path / "out.bin") as tmp:
+            tmp.write_bytes(b"x")
+            os.chmod(tmp, 0o600)  # as safetensors leaves its files
+        (tmp_path / "plain.txt").write_text("x")  # a file made by open() under the same umask
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.bin").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+
+
+def test_temporary_files_of_a_killed_writer_are_found(tmp_path):
+    path = tmp_path / "c.safetensors"
+    left = [tmp_path / ".c.safetensors.x1y2z3.tmp", tmp_path / ".c.safetensors.q9.tmp"]
+    for p in [*left, tmp_path / ".other.safetensors.x.tmp", tmp_path / "c.safetensors.tmp"]:
+        p.write_bytes(b"")
+    assert temporary_files(path) == sorted(left)
