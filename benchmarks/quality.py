@@ -38,8 +38,10 @@ and fine-tuning >= 93% within 120 of those minutes. ::
     python benchmarks/quality.py --threads 2 --classes 0-4
 
 ``--eval-size S`` scores the frozen networks on S-px inputs (the patch grid grows with them; raw pixels
-stay at the pre-training size); ``--checkpoint`` re-scores a pre-training checkpoint, with
-``--pretrain-minutes`` the wall time its pre-training took, counted in ``ibot_wall_minutes``.
+stay at the pre-training size), ``--finetune-size S`` fine-tunes on S-px inputs (pre-trained and
+scratch alike; with ``--finetune-pool grid`` the classifier reads the larger grid); ``--checkpoint``
+re-scores a pre-training checkpoint, with ``--pretrain-minutes`` the wall time its pre-training took,
+counted in ``ibot_wall_minutes``.
 ``--processes N`` pre-trains under ``torchrun`` with N processes (gloo), each with its share of the
 batch and of ``--threads`` (the same global batch; the ``cpu`` preset's KoLeo term then sees each
 process's share; ``benchmarks/cpu_processes.py`` measures the two layouts' images/s).
@@ -68,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 
 from ibot.build import backbone_kwargs  # noqa: E402
 from ibot.config import resolve_config  # noqa: E402
+from ibot.files import write_text_atomically  # noqa: E402
 from ibot.formats.ours import CHECKPOINT_NAME  # noqa: E402
 from ibot.options import to_yaml  # noqa: E402
 from ibot.data.datasets import build_dataset  # noqa: E402
@@ -110,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fine-tuning recipe (ibot.eval.finetune_config)")
     p.add_argument("--finetune-pool", choices=POOLS, default="cls",
                    help="fine-tuning classifier input: the [CLS] (official), mean patch token or token grid")
+    p.add_argument("--finetune-size", type=int, default=None,
+                   help="input size of fine-tuning, pre-trained and from scratch alike (default: the "
+                        "pre-training's global crop size; the networks interpolate their position embeddings)")
     p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning peak lr per 256 images "
                                                                    "(default: the recipe's)")
     p.add_argument("--pretrain-set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -260,13 +266,14 @@ def class_subset_folder(data: str, keep: list[int], root: Path) -> Path:
 
 
 def finetune(loaded: LoadedBackbone, data: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """Fine-tune ``loaded`` with the recipe, pool and size of ``args``; top-1 (best, last) and the curve."""
     cfg = finetune_recipe(args.finetune_recipe, epochs=args.finetune_epochs, lr=args.finetune_lr,
-                          pool=args.finetune_pool, image_size=loaded.image_size, num_workers=2, seed=args.seed,
-                          device="cpu", progress=False)
+                          pool=args.finetune_pool, image_size=args.finetune_size or loaded.image_size,
+                          num_workers=2, seed=args.seed, device="cpu", progress=False)
     cfg.warmup_epochs = min(cfg.warmup_epochs, cfg.epochs - 1)
     results = Finetuner(loaded.backbone.train(), loaded.arch, data, cfg, run_dir).fit()
     return {"top1": results["top1"], "last_top1": results["last_top1"], "epochs": results["epochs"],
-            "recipe": args.finetune_recipe, "pool": cfg.pool,
+            "recipe": args.finetune_recipe, "pool": cfg.pool, "image_size": cfg.image_size,
             "curve": [round(r["val_top1"], 2) for r in results["history"]]}
 
 
@@ -484,7 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs,
                    "linear_protocol": "cached", "eval_size": eval_size,
                    "finetune_epochs": args.finetune_epochs if args.finetune else 0,
-                   "finetune_recipe": args.finetune_recipe, "pretrain_set": args.pretrain_set,
+                   "finetune_recipe": args.finetune_recipe,
+                   "finetune_size": (args.finetune_size or size) if args.finetune else None,
+                   "pretrain_set": args.pretrain_set,
                    "pretrain_processes": args.processes},
         "wall_minutes": wall, "cpu_minutes": cpu, "seconds": times,
         "machine": _common.machine_info()}
@@ -494,10 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     results["checks"] = checks(results)
     results["targets"] = targets(results)
     results["table"] = table(results)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(output)
+    write_text_atomically(output, json.dumps(results, indent=2))
     print(f"\n{results['table']}\n\nchecks: {results['checks']}\ntargets: {results['targets']}\n"
           f"{run_name}: {wall:.1f} wall minutes, {cpu:.1f} CPU minutes; written to {output}")
     return 0 if all(results["checks"].values()) else 1

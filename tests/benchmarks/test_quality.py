@@ -68,3 +68,26 @@ def test_pretraining_on_two_processes_trains_the_config_with_the_batch_shared_ou
         saved[section].pop(field), expected[section].pop(field)
     assert saved == yaml.safe_load(yaml.safe_dump(expected))
     assert (tmp_path / "run" / "pretrain" / "checkpoint.safetensors").is_file()
+
+
+def test_fine_tuning_runs_at_the_size_asked_for_else_the_pretraining_size(quality, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, backbone, arch, data, cfg, run_dir):
+            seen.append(cfg)
+
+        def fit(self):
+            return {"top1": 90.0, "last_top1": 89.0, "epochs": 1, "history": [{"val_top1": 89.0}]}
+
+    monkeypatch.setattr(quality, "Finetuner", Recorder)
+    loaded = SimpleNamespace(backbone=torch.nn.Identity(), arch="vit_tiny", image_size=28)
+    at_35 = quality.finetune(loaded, "data", quality.parse_args(["--finetune-size", "35", "--finetune-pool", "grid"]),
+                             tmp_path)
+    at_crop = quality.finetune(loaded, "data", quality.parse_args([]), tmp_path)
+    assert [cfg.image_size for cfg in seen] == [35, 28] and seen[0].pool == "grid"
+    assert (at_35["image_size"], at_crop["image_size"]) == (35, 28)
