@@ -123,12 +123,12 @@ def _fmt(value: Any) -> str:
 
 def write_results(name: str, figures: dict[str, Any], device: str = "cpu", path: str | Path | None = None) -> Path:
     """``benchmarks/results/<name>.json``: machine, command line and figures."""
-    path = Path(path) if path else RESULTS_DIR / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ibot.files import write_text_atomically
+
     payload = {"benchmark": name, "machine": machine_info(device),
                "command": " ".join(["python", *sys.argv]), **figures}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    return write_text_atomically(Path(path) if path else RESULTS_DIR / f"{name}.json",
+                                 json.dumps(payload, indent=2) + "\n")
 
 
 def make_jpeg_folder(root: str | Path, n: int = 64, sizes: tuple[int, int] = (300, 800), seed: int = 0) -> Path:
