@@ -23,6 +23,8 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from ibot.files import write_text_atomically  # noqa: E402  (after the repository is on sys.path)
+
 
 def cpu_model() -> str:
     """The ``model name`` line of /proc/cpuinfo (the platform's processor string elsewhere)."""
@@ -123,8 +125,6 @@ def _fmt(value: Any) -> str:
 
 def write_results(name: str, figures: dict[str, Any], device: str = "cpu", path: str | Path | None = None) -> Path:
     """``benchmarks/results/<name>.json``: machine, command line and figures."""
-    from ibot.files import write_text_atomically
-
     payload = {"benchmark": name, "machine": machine_info(device),
                "command": " ".join(["python", *sys.argv]), **figures}
     return write_text_atomically(Path(path) if path else RESULTS_DIR / f"{name}.json",

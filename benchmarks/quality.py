@@ -277,6 +277,13 @@ def finetune(loaded: LoadedBackbone, data: str, args: argparse.Namespace, run_di
             "curve": [round(r["val_top1"], 2) for r in results["history"]]}
 
 
+def finetune_setting(out: dict[str, Any]) -> dict[str, Any]:
+    """The classifier input and image size a run fine-tuned with, as ``finetune_pool`` / ``finetune_size``
+    (None for a run that did not fine-tune)."""
+    done = out.get("ibot", {}).get("finetune", {})
+    return {"finetune_pool": done.get("pool"), "finetune_size": done.get("image_size")}
+
+
 def pretrain_config(args: argparse.Namespace, data: str, work: Path):
     overrides = [f"data.data={data}", f"run.output_dir={work / 'pretrain'}", f"run.seed={args.seed}",
                  "run.knn_eval=false", "run.progress=false", *ABLATIONS[args.ablation], *args.pretrain_set]
@@ -391,7 +398,9 @@ def table(results: dict[str, Any]) -> str:
         return f"{value:.1f}%" if isinstance(value, (int, float)) else ""
 
     keys = ("knn", "linear", "finetune", "knn_patch_grid", "linear_patch_grid")
-    lines = ["| | k-NN (k = 20) | Lin. | Fin. | k-NN, patch grid | Lin., patch grid |", "|---" * 6 + "|"]
+    tuned = results.get("ibot", {}).get("finetune_detail", {})
+    fin = f"Fin. ({tuned['pool']}, {tuned['image_size']} px)" if "image_size" in tuned else "Fin."
+    lines = [f"| | k-NN (k = 20) | Lin. | {fin} | k-NN, patch grid | Lin., patch grid |", "|---" * 6 + "|"]
     for name, label in (("raw_pixels", "raw pixels"), ("random_init", "random init"), ("scratch", "from scratch"),
                         ("dino_only", "DINO only (lambda2 = 0)"), ("ibot", "iBOT")):
         if name in results:
@@ -491,8 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget": {"pretrain_epochs": cfg.optim.epochs, "linear_epochs": args.linear_epochs,
                    "linear_protocol": "cached", "eval_size": eval_size,
                    "finetune_epochs": args.finetune_epochs if args.finetune else 0,
-                   "finetune_recipe": args.finetune_recipe,
-                   "finetune_size": (args.finetune_size or size) if args.finetune else None,
+                   "finetune_recipe": args.finetune_recipe, **finetune_setting(out),
                    "pretrain_set": args.pretrain_set,
                    "pretrain_processes": args.processes},
         "wall_minutes": wall, "cpu_minutes": cpu, "seconds": times,

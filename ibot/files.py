@@ -25,7 +25,7 @@ def temporary_files(path: str | Path) -> list[Path]:
 @contextmanager
 def replaced_atomically(path: str | Path) -> Iterator[Path]:
     """Yield a new temporary path beside ``path`` for the block to write; when the block ends, the
-    file is synced to disk and renamed over ``path``. If the block (or the rename) raises, the
+    file's data is synced to disk and the file renamed over ``path``. If the block (or the rename) raises, the
     temporary file is removed and ``path`` is as it was.
 
     The file gets the mode a plain ``open`` would give it under the umask, whatever the writer set
@@ -34,8 +34,8 @@ def replaced_atomically(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # O_EXCL as mkstemp, not its 0600
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # O_EXCL as mkstemp, not its 0600
         try:
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
         finally:

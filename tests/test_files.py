@@ -25,13 +25,13 @@ def test_an_error_in_the_block_leaves_the_file_as_it_was(tmp_path):
 def test_a_failed_rename_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "taken"
     target.mkdir()
-    (target / "inside").write_text("x")  # os.replace cannot put a file over a non-empty folder
+    (target / "inside").write_text("x")  # os.replace cannot put a file over a folder
     with pytest.raises(OSError):
         write_text_atomically(target, "text")
     assert temporary_files(target) == [] and target.is_dir()
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o077])
+@pytest.mark.parametrize("umask", [0o022, 0o002])  # both give other than the writer's 0600
 def test_the_file_gets_the_mode_open_gives_whatever_the_writer_set(tmp_path, umask):
     previous = os.umask(umask)
     try:
@@ -42,6 +42,17 @@ def test_the_file_gets_the_mode_open_gives_whatever_the_writer_set(tmp_path, uma
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "out.bin").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+
+
+def test_a_taken_temporary_name_is_refused_and_left_alone(tmp_path, monkeypatch):
+    import secrets
+
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "abcd1234")
+    other = tmp_path / ".out.txt.abcd1234.tmp"
+    other.write_text("another writer's")
+    with pytest.raises(FileExistsError):
+        write_text_atomically(tmp_path / "out.txt", "mine")
+    assert other.read_text() == "another writer's" and not (tmp_path / "out.txt").exists()
 
 
 def test_temporary_files_of_a_killed_writer_are_found(tmp_path):

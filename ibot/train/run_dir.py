@@ -6,7 +6,8 @@
   unless the run continues there (``--resume auto``, or ``--resume`` of that folder's checkpoint)
   or ``--overwrite`` is given, which removes the old run's outputs (``RUN_OUTPUTS``) first;
 - the folder must be creatable and writable;
-- temporary checkpoint files that a killed process left behind are removed, and named.
+- temporary files that a killed process left behind (a checkpoint, a snapshot or the log being
+  written: :func:`ibot.files.temporary_files`) are removed, and named.
 
 Only the main process (rank 0 under ``torchrun``) changes the folder; every process checks it.
 """
@@ -98,7 +99,7 @@ def clear_run(output_dir: str | Path) -> list[str]:
 def prepare_output_dir(output_dir: str | Path, continues_here: bool = False, overwrite: bool = False,
                        is_main: bool = True) -> list[str]:
     """Check that a run may start in ``output_dir``, then (main process) remove an overwritten
-    run's outputs and stale temporary checkpoint files. Returns one line per thing done."""
+    run's outputs and stale temporary files. Returns one line per thing done."""
     output_dir = Path(output_dir)
     check_start_allowed(output_dir, continues_here, overwrite)
     check_writable(output_dir)
@@ -107,10 +108,10 @@ def prepare_output_dir(output_dir: str | Path, continues_here: bool = False, ove
     notes = []
     if overwrite and (removed := clear_run(output_dir)):
         notes.append(f"--overwrite: removed the previous run's {', '.join(removed)} from {output_dir}")
-    stale = temporary_files(output_dir / CHECKPOINT_NAME)
+    stale = [p for name in (*RUN_FILES, SNAPSHOT_PATTERN) for p in temporary_files(output_dir / name)]
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
-        notes.append(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write in {output_dir}: "
+        notes.append(f"removed {len(stale)} temporary file(s) of an interrupted write in {output_dir}: "
                      f"{', '.join(p.name for p in stale)}")
     return notes

@@ -91,3 +91,12 @@ def test_fine_tuning_runs_at_the_size_asked_for_else_the_pretraining_size(qualit
     at_crop = quality.finetune(loaded, "data", quality.parse_args([]), tmp_path)
     assert [cfg.image_size for cfg in seen] == [35, 28] and seen[0].pool == "grid"
     assert (at_35["image_size"], at_crop["image_size"]) == (35, 28)
+
+
+def test_the_budget_and_table_name_the_fine_tuning_pool_and_size(quality):
+    tuned = {"top1": 91.9, "pool": "grid", "image_size": 35}
+    assert quality.finetune_setting({"ibot": {"finetune": tuned}}) == {"finetune_pool": "grid", "finetune_size": 35}
+    assert quality.finetune_setting({"dino_only": {"knn": {"top1": 80.0}}}) == {"finetune_pool": None,
+                                                                               "finetune_size": None}
+    header = quality.table(quality.flatten({"ibot": {"finetune": tuned}})).splitlines()[0]
+    assert "Fin. (grid, 35 px)" in header

@@ -241,5 +241,5 @@ def test_stale_temporary_checkpoints_are_removed_at_the_next_start(tmp_path, fol
     with pytest.raises(AssertionError, match="networks were built"):
         main(["pretrain", "--resume", "auto", "--output-dir", str(out)])
     assert not stale.exists() and (out / "checkpoint.safetensors").is_file()
-    assert f"removed 1 temporary file(s) of an interrupted checkpoint write in {out}: {stale.name}" in \
+    assert f"removed 1 temporary file(s) of an interrupted write in {out}: {stale.name}" in \
         capsys.readouterr().err

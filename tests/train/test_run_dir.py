@@ -34,8 +34,18 @@ def test_other_processes_check_but_change_nothing(tmp_path):
     stale.write_bytes(b"partial")
     assert prepare_output_dir(tmp_path, continues_here=True, is_main=False) == [] and stale.exists()
     assert prepare_output_dir(tmp_path, continues_here=True) == [
-        f"removed 1 temporary file(s) of an interrupted checkpoint write in {tmp_path}: {stale.name}"]
+        f"removed 1 temporary file(s) of an interrupted write in {tmp_path}: {stale.name}"]
     assert not stale.exists()
+
+
+def test_temporaries_of_the_log_and_of_snapshots_are_removed_but_not_a_users_files(tmp_path):
+    left = [tmp_path / ".log.jsonl.0a1b2c3d.tmp", tmp_path / ".checkpoint_epoch0004.safetensors.9f8e7d6c.tmp"]
+    kept = [tmp_path / ".notes.txt.12345678.tmp", tmp_path / "log.jsonl"]
+    for path in (*left, *kept):
+        path.write_text("x")
+    notes = prepare_output_dir(tmp_path, continues_here=True)
+    assert notes and notes[0].startswith("removed 2 temporary file(s)")
+    assert not any(p.exists() for p in left) and all(p.exists() for p in kept)
 
 
 def test_the_folder_is_created_or_named_when_it_cannot_be(tmp_path):
