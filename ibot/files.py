@@ -25,8 +25,8 @@ def temporary_files(path: str | Path) -> list[Path]:
 @contextmanager
 def replaced_atomically(path: str | Path) -> Iterator[Path]:
     """Yield a new temporary path beside ``path`` for the block to write; when the block ends, the
-    file's data is synced to disk and the file renamed over ``path``. If the block (or the rename) raises, the
-    temporary file is removed and ``path`` is as it was.
+    file's data is synced to disk and the file renamed over ``path``. If the block (or the rename)
+    raises, the temporary file is removed and ``path`` is as it was.
 
     The file gets the mode a plain ``open`` would give it under the umask, whatever the writer set
     (safetensors writes 0600).
