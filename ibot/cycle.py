@@ -12,12 +12,13 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from ibot.files import replaced_atomically, write_text_atomically
 
 STAGES = ("pretrain", "knn", "linear", "finetune", "cluster", "semisup")
 DEFAULT_STAGES = "pretrain+knn+linear+finetune"
@@ -263,7 +264,8 @@ def plot_curves(output_dir: Path, path: Path) -> Path | None:
         ax.set(title="fine-tuning", xlabel="epoch", ylabel="accuracy (%)")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -277,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     results = collect_results(args, timings)
     table = format_table(results)
     results["table"] = table
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    shutil.copyfile(out / "results.json", "results.json")
+    for path in (out / "results.json", Path("results.json")):
+        write_text_atomically(path, json.dumps(results, indent=2))
     curves = plot_curves(out, out / "curves.png")
     print(f"\n{table}\n")
     print(f"results: {out / 'results.json'} (copied to ./results.json)" + (f", curves: {curves}" if curves else ""))

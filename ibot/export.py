@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ibot.data.transforms import default_crop_pct
+from ibot.files import replaced_atomically
 from ibot.formats.onnx_outputs import KINDS
 from ibot.infer import META_PREFIX, Preprocess
 from ibot.models.tokens import TOKEN_CHOICES, TokenOutputs, check_dense_size, token_grid
@@ -148,7 +149,6 @@ def export_onnx(model: nn.Module, output: str | Path, preprocess: Preprocess, ki
 
     check_tokens(kind, tokens)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     size = preprocess.image_size
     model = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays as it was
     _bake_position_embedding(model, size)
@@ -165,21 +165,23 @@ def export_onnx(model: nn.Module, output: str | Path, preprocess: Preprocess, ki
     else:
         out_names = ["logits"]
     example = torch.zeros(2, 3, size, size)
-    with warnings.catch_warnings():  # tracer notes on Python-side shape checks; the exporter's deprecation
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            shapes = [tuple(t.shape) for t in _as_tuple(model(example))]
-            torch.onnx.export(model, (example,), str(output), dynamo=False, opset_version=opset,
-                              input_names=["images"], output_names=out_names,
-                              dynamic_axes={name: {0: "batch"} for name in ["images", *out_names]})
-    graph = onnx.load(str(output))
-    _set_output_shapes(graph, shapes)
-    if class_names:
-        props[f"{META_PREFIX}class_names"] = json.dumps(list(class_names))
-    onnx.helper.set_model_props(graph, props)
-    graph.doc_string = f"iBOT {kind} model on (batch, 3, {size}, {size}) images, preprocessed as metadata ibot.preprocess says"
-    onnx.checker.check_model(graph, full_check=True)
-    onnx.save(graph, str(output))
+    with replaced_atomically(output) as tmp:  # a failed check or a crash leaves no graph behind
+        with warnings.catch_warnings():  # tracer notes on Python-side shape checks; the exporter's deprecation
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                shapes = [tuple(t.shape) for t in _as_tuple(model(example))]
+                torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset,
+                                  input_names=["images"], output_names=out_names,
+                                  dynamic_axes={name: {0: "batch"} for name in ["images", *out_names]})
+        graph = onnx.load(str(tmp))
+        _set_output_shapes(graph, shapes)
+        if class_names:
+            props[f"{META_PREFIX}class_names"] = json.dumps(list(class_names))
+        onnx.helper.set_model_props(graph, props)
+        graph.doc_string = (f"iBOT {kind} model on (batch, 3, {size}, {size}) images, "
+                            "preprocessed as metadata ibot.preprocess says")
+        onnx.checker.check_model(graph, full_check=True)
+        onnx.save(graph, str(tmp))
     return output
 
 

@@ -1,9 +1,10 @@
 """Files written whole or not at all: a temporary file beside the target, then an atomic rename.
 
-Checkpoints, run logs that a resumed run cuts back, feature caches and results files are written
-this way, so a reader never sees half a file and a crash leaves the previous file as it was. A killed
-process can leave its temporary file (``.NAME.XXXXXXXX.tmp`` beside ``NAME``) behind;
-:func:`temporary_files` finds them.
+Every file the package writes goes this way (checkpoints, the log a resumed run cuts back, feature
+caches, results, ONNX graphs, inference outputs, figures), but the logs a run appends to as it goes
+(``log.jsonl``, TensorBoard events), so a reader never sees half a file and a crash leaves the
+previous file as it was. A killed process can leave its temporary file (``.NAME.XXXXXXXX.tmp``
+beside ``NAME``) behind; :func:`temporary_files` finds them.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def temporary_files(path: str | Path) -> list[Path]:
 @contextmanager
 def replaced_atomically(path: str | Path) -> Iterator[Path]:
     """Yield a new temporary path beside ``path`` for the block to write; when the block ends, the
-    file's data is synced to disk and the file renamed over ``path``. If the block (or the rename)
-    raises, the temporary file is removed and ``path`` is as it was.
+    file's data is synced to disk, the file renamed over ``path`` and the folder synced (the rename
+    too is on disk). If the block (or the rename) raises, the temporary file is removed and ``path``
+    is as it was.
 
     The file gets the mode a plain ``open`` would give it under the umask, whatever the writer set
     (safetensors writes 0600).
@@ -45,8 +47,20 @@ def replaced_atomically(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _sync_directory(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sync_directory(folder: Path) -> None:
+    """Sync ``folder``'s entries, so the rename survives a power cut (POSIX; a no-op elsewhere)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text_atomically(path: str | Path, text: str) -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ibot.files import replaced_atomically, write_text_atomically
 from ibot.formats.onnx_outputs import KINDS, PATCH_OUTPUT, TOKEN_CHOICES
 from ibot.image_io import load_rgb
 
@@ -237,6 +238,11 @@ def patch_file(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}_patch.npy")
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with replaced_atomically(path) as tmp, tmp.open("wb") as handle:  # np.save on a name would add .npy
+        np.save(handle, array)
+
+
 def write_results(result: InferenceResult, output: str | Path) -> list[Path]:
     """Write features / logits as ``.npy`` (+ ``<name>.json`` listing the files, the tokens and
     their grid), or a classifier's top-5 predictions as ``.json`` / ``.csv``. ``OUT.npy`` holds
@@ -247,17 +253,17 @@ def write_results(result: InferenceResult, output: str | Path) -> list[Path]:
     output.parent.mkdir(parents=True, exist_ok=True)
     skipped = [{"file": f, "reason": why} for f, why in result.skipped]
     if suffix == ".npy":
-        np.save(output, result.outputs)
+        _save_npy(output, result.outputs)
         written = [output]
         info: dict[str, Any] = {"kind": result.kind, "shape": list(result.outputs.shape), "tokens": result.tokens,
                                 "grid": list(result.grid) if result.grid else None}
         if result.tokens == "all" and result.patch_outputs is not None:
             written.append(patch_file(output))
-            np.save(written[-1], result.patch_outputs)
+            _save_npy(written[-1], result.patch_outputs)
             info.update(patch_file=written[-1].name, patch_shape=list(result.patch_outputs.shape))
         index = output.with_suffix(".json")
-        index.write_text(json.dumps({**info, "files": result.files, "class_names": result.class_names,
-                                     "skipped": skipped}, indent=2))
+        write_text_atomically(index, json.dumps({**info, "files": result.files, "class_names": result.class_names,
+                                                 "skipped": skipped}, indent=2))
         return [*written, index]
     if suffix not in (".json", ".csv"):
         raise ValueError(f"--output {output}: use a .npy, .json or .csv file")
@@ -265,10 +271,10 @@ def write_results(result: InferenceResult, output: str | Path) -> list[Path]:
         raise ValueError(f"--output {output}: a features model writes .npy (top-5 predictions need a classifier)")
     rows = _predictions(result)
     if suffix == ".json":
-        output.write_text(json.dumps({"predictions": rows, "skipped": skipped}, indent=2))
+        write_text_atomically(output, json.dumps({"predictions": rows, "skipped": skipped}, indent=2))
     else:
         k = len(rows[0]["top5"])
-        with output.open("w", newline="") as handle:
+        with replaced_atomically(output) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["file"] + [f"{col}_{r}" for r in range(1, k + 1) for col in ("class", "probability")])
             for row in rows:

@@ -74,6 +74,24 @@ def test_metadata_records_preprocessing_and_graph_is_valid(tiny_checkpoint, tmp_
     assert json.loads(meta["ibot.source"])["key"] == "teacher"
 
 
+def test_a_failed_export_leaves_the_previous_graph(tiny_checkpoint, tmp_path, monkeypatch):
+    """The graph is written beside the target and renamed once checked: a failure keeps the old file."""
+    target = tmp_path / "m.onnx"
+    export_checkpoint(tiny_checkpoint, target, verify=False)
+    before = target.read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise onnx.checker.ValidationError("refused by the test")
+
+    monkeypatch.setattr(onnx.checker, "check_model", refuse)
+    with pytest.raises(onnx.checker.ValidationError, match="refused by the test"):
+        export_checkpoint(tiny_checkpoint, target, crop_pct=0.5, verify=False)
+    with pytest.raises(onnx.checker.ValidationError):
+        export_checkpoint(tiny_checkpoint, tmp_path / "new.onnx", verify=False)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no new file, no temporary
+
+
 def test_student_and_teacher_export_differently(tiny_checkpoint, tmp_path):
     export_checkpoint(tiny_checkpoint, tmp_path / "t.onnx", verify=False)
     export_checkpoint(tiny_checkpoint, tmp_path / "s.onnx", key="student", verify=False)

@@ -22,6 +22,26 @@ def test_an_error_in_the_block_leaves_the_file_as_it_was(tmp_path):
     assert path.read_text() == "before" and sorted(p.name for p in tmp_path.iterdir()) == ["cache.pt"]
 
 
+@pytest.mark.skipif(not hasattr(os, "O_DIRECTORY"), reason="folders are synced on POSIX only")
+def test_the_file_then_its_folder_are_synced(tmp_path, monkeypatch):
+    """fsync of the data before the rename, of the folder after it (else a power cut can lose the rename)."""
+    synced = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        synced.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_text_atomically(tmp_path / "results.json", "{}")
+    assert synced == ["file", "rename", "folder"]
+
+
 def test_a_failed_rename_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "taken"
     target.mkdir()

@@ -126,6 +126,31 @@ def test_features_written_as_npy_with_index(models, image_folder, tmp_path):
         write_results(result, tmp_path / "features.txt")
 
 
+@pytest.mark.parametrize("name", ["features.npy", "p.csv"])
+def test_a_failed_write_leaves_the_previous_results(models, image_folder, tmp_path, monkeypatch, name):
+    """Results are written beside the target and renamed when complete: an error after part of the
+    file is out (a full disk) keeps the previous file, and no temporary file is left."""
+    import ibot.infer
+
+    kind = "features" if name.endswith(".npy") else "classifier"
+    result = run_inference(models[kind][1], image_folder, progress=False)
+    written = write_results(result, tmp_path / "out" / name)
+    before = {p: p.read_bytes() for p in written}
+
+    def part_then_fail(handle, *args, **kwargs):
+        handle.write(b"partial" if kind == "features" else "partial")
+        raise OSError("No space left on device")
+
+    if kind == "features":
+        monkeypatch.setattr(ibot.infer.np, "save", part_then_fail)
+    else:
+        monkeypatch.setattr(ibot.infer.csv, "writer", part_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_results(result, tmp_path / "out" / name)
+    assert {p: p.read_bytes() for p in written} == before
+    assert sorted((tmp_path / "out").iterdir()) == sorted(written)
+
+
 def _expected_patches(backbone: torch.nn.Module, files: list[str], spec: Preprocess) -> np.ndarray:
     batch = torch.from_numpy(np.stack([preprocess(load_rgb(f), spec) for f in files]))
     with torch.no_grad():

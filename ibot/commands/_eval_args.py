@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 from ibot.commands import add_output_dir
 from ibot.commands._config_args import add_dataclass_arguments
+from ibot.files import write_text_atomically
 
 
 @dataclass
@@ -212,6 +213,6 @@ def write_results(args: argparse.Namespace, name: str, results: dict[str, Any]) 
     path = out / f"{name}.json"
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2))
+        write_text_atomically(path, json.dumps(results, indent=2))
         print(f"results written to {path}")
     return path

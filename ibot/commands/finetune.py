@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ibot.commands import _eval_args as common
 from ibot.commands import add_output_dir, command, resolve_resume
 from ibot.commands._config_args import add_config_arguments, add_dataclass_arguments, resolve_from_args
+from ibot.files import write_text_atomically
 from ibot.options import to_yaml
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
           f"last top-1 {results['last_top1']:.2f}% top-5 {results['last_top5']:.2f}%")
     if tuner.dist.is_main:
         path = out / "finetune.json"
-        path.write_text(json.dumps({**info, "data": data, **common.holdout_info(held),
+        write_text_atomically(path, json.dumps({**info, "data": data, **common.holdout_info(held),
                                     "config": dataclasses.asdict(cfg), **results}, indent=2))
         print(f"results written to {path}")
     return 0

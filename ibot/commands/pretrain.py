@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ibot.commands import command, resolve_resume
 from ibot.commands._config_args import add_config_arguments
+from ibot.files import write_text_atomically
 from ibot.options import to_yaml
 
 if TYPE_CHECKING:
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         from ibot.eval.knn import pretrain_knn_report
 
         report = pretrain_knn_report(trainer)
-        (Path(cfg.run.output_dir) / "knn.json").write_text(json.dumps(report, indent=2))
+        write_text_atomically(Path(cfg.run.output_dir) / "knn.json", json.dumps(report, indent=2))
         print(f"k-NN top-1 (k=20) on {cfg.data.data}: teacher {report['teacher'][20]['top1']:.2f}%, "
               f"same network at random init {report['random_init'][20]['top1']:.2f}%")
     return 0

@@ -18,6 +18,7 @@ from ibot.build import build_augmentation, build_mask_generator, build_student_t
 from ibot.config import PretrainConfig
 from ibot.data.datasets import build_dataset
 from ibot.data.pretrain import EpochBatchSampler, PretrainDataset, collate_pretrain
+from ibot.files import write_text_atomically
 from ibot.formats import ours as ckpt
 from ibot.options import to_yaml
 from ibot.runtime import resolve_device, resolve_precision
@@ -231,7 +232,7 @@ class Pretrainer:
                            tensorboard=cfg.run.tensorboard, resume_at=done if resume else None)
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
+            write_text_atomically(self.output_dir / "config.yaml", to_yaml(cfg))
             logger.info(f"iBOT pre-training: {cfg.model.arch}/{cfg.model.patch_size} on {cfg.data.data} "
                         f"({len(self.dataset)} images), {self.steps_per_epoch} steps x {cfg.optim.epochs} epochs, "
                         f"batch {self.global_batch} on {self.dist.world_size} x {self.device.type}"

@@ -17,6 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ibot.files import replaced_atomically
+
 DPI = 100
 BACKGROUND = 255
 
@@ -127,6 +129,6 @@ def save_png(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"output {path} must end in .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
     return path
