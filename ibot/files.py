@@ -9,6 +9,7 @@ beside ``NAME``) behind; :func:`temporary_files` finds them.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -28,15 +29,18 @@ def replaced_atomically(path: str | Path) -> Iterator[Path]:
     """Yield a new temporary path beside ``path`` for the block to write; when the block ends, the
     file's data is synced to disk, the file renamed over ``path`` and the folder synced (the rename
     too is on disk). If the block (or the rename) raises, the temporary file is removed and ``path``
-    is as it was.
+    is as it was; an ``OSError`` about the temporary file names ``path`` instead.
 
     The file gets the mode a plain ``open`` would give it under the umask, whatever the writer set
     (safetensors writes 0600).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # O_EXCL as mkstemp, not its 0600
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # O_EXCL as mkstemp, not its 0600
+    except OSError as exc:
+        raise _naming(exc, tmp, path) from None
     try:
         try:
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
@@ -44,21 +48,37 @@ def replaced_atomically(path: str | Path) -> Iterator[Path]:
             os.close(fd)
         yield tmp
         os.chmod(tmp, mode)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        fd = os.open(tmp, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows syncs writable handles only
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-        _sync_directory(path.parent)
+    except OSError as exc:
+        raise _naming(exc, tmp, path) from None
     finally:
         tmp.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+
+
+def _naming(exc: OSError, tmp: Path, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file where it names the temporary file (the user never saw that name)."""
+    if exc.filename is not None and Path(exc.filename) == tmp and exc.errno is not None:
+        return type(exc)(exc.errno, exc.strerror, str(path))
+    return exc
 
 
 def _sync_directory(folder: Path) -> None:
-    """Sync ``folder``'s entries, so the rename survives a power cut (POSIX; a no-op elsewhere)."""
+    """Sync ``folder``'s entries, so the rename survives a power cut (POSIX; a no-op elsewhere, and
+    where the file system does not sync folders)."""
     if not hasattr(os, "O_DIRECTORY"):
         return
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # some network and FUSE mounts
+            raise
     finally:
         os.close(fd)
 

@@ -85,7 +85,7 @@ def test_a_failed_export_leaves_the_previous_graph(tiny_checkpoint, tmp_path, mo
 
     monkeypatch.setattr(onnx.checker, "check_model", refuse)
     with pytest.raises(onnx.checker.ValidationError, match="refused by the test"):
-        export_checkpoint(tiny_checkpoint, target, crop_pct=0.5, verify=False)
+        export_checkpoint(tiny_checkpoint, target, verify=False)
     with pytest.raises(onnx.checker.ValidationError):
         export_checkpoint(tiny_checkpoint, tmp_path / "new.onnx", verify=False)
     assert target.read_bytes() == before

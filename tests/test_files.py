@@ -1,3 +1,4 @@
+import errno
 import os
 import stat
 
@@ -24,22 +25,46 @@ def test_an_error_in_the_block_leaves_the_file_as_it_was(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "O_DIRECTORY"), reason="folders are synced on POSIX only")
 def test_the_file_then_its_folder_are_synced(tmp_path, monkeypatch):
-    """fsync of the data before the rename, of the folder after it (else a power cut can lose the rename)."""
+    """fsync of the data before the rename, of the target's folder after it (else a power cut can
+    lose the rename)."""
     synced = []
     real_fsync, real_replace = os.fsync, os.replace
 
     def fsync(fd):
-        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        info = os.fstat(fd)
+        synced.append(("folder", info.st_ino) if stat.S_ISDIR(info.st_mode) else ("file", None))
         real_fsync(fd)
 
     def replace(src, dst):
-        synced.append("rename")
+        synced.append(("rename", None))
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    write_text_atomically(tmp_path / "results.json", "{}")
-    assert synced == ["file", "rename", "folder"]
+    write_text_atomically(tmp_path / "sub" / "results.json", "{}")
+    assert synced == [("file", None), ("rename", None), ("folder", (tmp_path / "sub").stat().st_ino)]
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECTORY"), reason="folders are synced on POSIX only")
+def test_a_folder_that_cannot_be_synced_keeps_the_written_file(tmp_path, monkeypatch):
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")  # as some network and FUSE mounts answer
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert write_text_atomically(tmp_path / "a.json", "{}").read_text() == "{}"
+
+
+def test_an_error_about_the_temporary_file_names_the_target(tmp_path):
+    path = tmp_path / "features.npy"
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        with replaced_atomically(path) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_rename_leaves_no_temporary_file(tmp_path):
