@@ -260,7 +260,7 @@ def class_subset_folder(data: str, keep: list[int], root: Path) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             image.save(folder / f"{index:05d}.png")
             written += 1
-    done.write_text(json.dumps(wanted))
+    write_text_atomically(done, json.dumps(wanted))  # the mark that the folder is complete
     print(f"{written} train images of classes {keep} written to {root}", flush=True)
     return root
 

@@ -39,6 +39,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
 
+from ibot.files import write_text_atomically  # noqa: E402
 from ibot.formats.ours import CHECKPOINT_NAME  # noqa: E402
 from tests.tiny import TINY_MODEL_OVERRIDES  # noqa: E402  (the test suite's smoke-test model)
 
@@ -165,7 +166,7 @@ def compare_with_pytorch(out: Path) -> dict[str, float]:
     result.update({"classifier_max_abs_diff": prob_diff, "same_top1": top1_same})
     if prob_diff >= TOLERANCE or not top1_same:
         raise AssertionError(f"classifier: max |ONNX - PyTorch| probability {prob_diff:.2e}, same top-1: {top1_same}")
-    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    write_text_atomically(out / "compare.json", json.dumps(result, indent=2))
     return result
 
 
