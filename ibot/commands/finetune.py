@@ -90,6 +90,6 @@ def run(args: argparse.Namespace) -> int:
     if tuner.dist.is_main:
         path = out / "finetune.json"
         write_text_atomically(path, json.dumps({**info, "data": data, **common.holdout_info(held),
-                                    "config": dataclasses.asdict(cfg), **results}, indent=2))
+                                                "config": dataclasses.asdict(cfg), **results}, indent=2))
         print(f"results written to {path}")
     return 0
