@@ -279,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     results = collect_results(args, timings)
     table = format_table(results)
     results["table"] = table
+    text = json.dumps(results, indent=2)
     for path in (out / "results.json", Path("results.json")):
-        write_text_atomically(path, json.dumps(results, indent=2))
+        write_text_atomically(path, text)
     curves = plot_curves(out, out / "curves.png")
     print(f"\n{table}\n")
     print(f"results: {out / 'results.json'} (copied to ./results.json)" + (f", curves: {curves}" if curves else ""))

@@ -48,17 +48,27 @@ def replaced_atomically(path: str | Path) -> Iterator[Path]:
             os.close(fd)
         yield tmp
         os.chmod(tmp, mode)
-        fd = os.open(tmp, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows syncs writable handles only
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows syncs writable handles only
         os.replace(tmp, path)
     except OSError as exc:
         raise _naming(exc, tmp, path) from None
     finally:
         tmp.unlink(missing_ok=True)
-    _sync_directory(path.parent)
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: sync the folder's entries, so the rename survives a power cut
+        _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY, tolerated=(errno.EINVAL, errno.ENOTSUP, errno.EBADF))
+
+
+def _fsync(path: Path, flags: int, tolerated: tuple[int, ...] = ()) -> None:
+    """``fsync`` of ``path`` opened with ``flags``; errors with an errno in ``tolerated`` are ignored
+    (some network and FUSE mounts cannot sync a folder)."""
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in tolerated:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _naming(exc: OSError, tmp: Path, path: Path) -> OSError:
@@ -66,21 +76,6 @@ def _naming(exc: OSError, tmp: Path, path: Path) -> OSError:
     if exc.filename is not None and Path(exc.filename) == tmp and exc.errno is not None:
         return type(exc)(exc.errno, exc.strerror, str(path))
     return exc
-
-
-def _sync_directory(folder: Path) -> None:
-    """Sync ``folder``'s entries, so the rename survives a power cut (POSIX; a no-op elsewhere, and
-    where the file system does not sync folders)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # some network and FUSE mounts
-            raise
-    finally:
-        os.close(fd)
 
 
 def write_text_atomically(path: str | Path, text: str) -> Path:

@@ -250,7 +250,6 @@ def write_results(result: InferenceResult, output: str | Path) -> list[Path]:
     writes its patch tokens to ``OUT_patch.npy`` too. Returns the files written."""
     output = Path(output)
     suffix = output.suffix.lower()
-    output.parent.mkdir(parents=True, exist_ok=True)
     skipped = [{"file": f, "reason": why} for f, why in result.skipped]
     if suffix == ".npy":
         _save_npy(output, result.outputs)

@@ -212,7 +212,6 @@ def write_results(args: argparse.Namespace, name: str, results: dict[str, Any]) 
     out = output_dir(args)
     path = out / f"{name}.json"
     if is_main():
-        out.mkdir(parents=True, exist_ok=True)
         write_text_atomically(path, json.dumps(results, indent=2))
         print(f"results written to {path}")
     return path

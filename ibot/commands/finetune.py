@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from ibot.commands import _eval_args as common
 from ibot.commands import add_output_dir, command, resolve_resume
 from ibot.commands._config_args import add_config_arguments, add_dataclass_arguments, resolve_from_args
-from ibot.files import write_text_atomically
 from ibot.options import to_yaml
 
 if TYPE_CHECKING:
@@ -58,8 +57,6 @@ def resolve_finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, l
 @command("finetune", "end-to-end fine-tuning (layer decay, mixup/cutmix, RandAugment, EMA)")(add_arguments)
 @common.processes
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from ibot.eval.finetune import Finetuner
 
     if args.output_dir is None:
@@ -87,9 +84,6 @@ def run(args: argparse.Namespace) -> int:
     results = tuner.fit(resume=resume)
     print(f"fine-tuning: best top-1 {results['top1']:.2f}% (epoch {results['best_epoch']}, {results['best_from']}), "
           f"last top-1 {results['last_top1']:.2f}% top-5 {results['last_top5']:.2f}%")
-    if tuner.dist.is_main:
-        path = out / "finetune.json"
-        write_text_atomically(path, json.dumps({**info, "data": data, **common.holdout_info(held),
-                                                "config": dataclasses.asdict(cfg), **results}, indent=2))
-        print(f"results written to {path}")
+    common.write_results(args, "finetune", {**info, "data": data, **common.holdout_info(held),
+                                            "config": dataclasses.asdict(cfg), **results})
     return 0
