@@ -231,7 +231,6 @@ class Pretrainer:
         logger = RunLogger(self.output_dir, enabled=self.dist.is_main, progress=cfg.run.progress,
                            tensorboard=cfg.run.tensorboard, resume_at=done if resume else None)
         if self.dist.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomically(self.output_dir / "config.yaml", to_yaml(cfg))
             logger.info(f"iBOT pre-training: {cfg.model.arch}/{cfg.model.patch_size} on {cfg.data.data} "
                         f"({len(self.dataset)} images), {self.steps_per_epoch} steps x {cfg.optim.epochs} epochs, "
