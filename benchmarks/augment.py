@@ -12,7 +12,11 @@ unless ``--image-dir`` is given) and produces the official 2 x 224 + 10 x 96 cro
   jitter, grayscale, blur and solarisation run batched on the training device
   (``data.batched_color``): decoding, crop, flip, uint8 tensors and the colour parameters. The
   batched colour step itself is timed apart (``apply_color`` on the crops of 16 images at once),
-  on this CPU with one thread by default, on a GPU with ``--colour-device cuda``.
+  on this CPU with one thread by default, on a GPU with ``--colour-device cuda``;
+- ``ours-batched-crops``: ``MultiCropAugmentation(batched_color=True, batched_crops=True)``, what a
+  worker does when the crops are cut on the training device too (``data.batched_crops``): decoding,
+  one uint8 tensor of the image, each crop's box, flip and colour parameters. The cut
+  (``cut_crops`` on the 16 images, padded to one size) is timed apart like the colour step.
 
 One process, one torch thread (as in a DataLoader worker); the implementations are interleaved
 ``--repeats`` times and the medians reported.
@@ -36,6 +40,7 @@ import torchvision.transforms as T
 from PIL import Image, ImageFilter, ImageOps
 
 from ibot.data.batched_color import apply_color
+from ibot.data.batched_crops import CropPlan, cut_crops, pad_images
 from ibot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
 
 N_GLOBAL, N_LOCAL = 2, 10
@@ -106,7 +111,31 @@ def batched_colour_ms(augmentation: MultiCropAugmentation, files: list[Path], re
     return _common.median(times[1:])
 
 
-def run_once(pipeline: Callable[[Image.Image], list[torch.Tensor]], files: list[Path], seed: int) -> dict[str, float]:
+def batched_cut_ms(augmentation: MultiCropAugmentation, files: list[Path], repeats: int,
+                   device: str = "cpu") -> float:
+    """Median ms per image of ``cut_crops`` for the global and the local crops of ``files``, their
+    images padded to one size and already on ``device``."""
+    torch.manual_seed(0)
+    plans = []
+    for path in files:
+        with Image.open(path) as f:
+            plans.append(augmentation(f.convert("RGB")))
+    images = pad_images([p.image for p in plans]).to(device)
+    boxes = torch.stack([p.boxes for p in plans], dim=1).flatten(0, 1)  # crop-major
+    split = N_GLOBAL * len(plans)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = []
+    for _ in range(repeats + 1):  # the first round warms up (CUDA kernels)
+        sync()
+        start = time.perf_counter()
+        cut_crops(images, boxes[:split], augmentation.global_crops_size)
+        cut_crops(images, boxes[split:], augmentation.local_crops_size)
+        sync()
+        times.append(1e3 * (time.perf_counter() - start) / len(files))
+    return _common.median(times[1:])
+
+
+def run_once(pipeline: Callable[[Image.Image], list[torch.Tensor] | CropPlan], files: list[Path], seed: int) -> dict[str, float]:
     """Decode every file and make its crops; returns crops per second (wall clock and CPU time,
     which a shared machine's load disturbs less) and ms per image."""
     torch.manual_seed(seed)
@@ -116,7 +145,8 @@ def run_once(pipeline: Callable[[Image.Image], list[torch.Tensor]], files: list[
     for path in files:
         with Image.open(path) as f:
             img = f.convert("RGB")
-        n_crops += len(pipeline(img))
+        out = pipeline(img)
+        n_crops += len(out.boxes) if isinstance(out, CropPlan) else len(out)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"crops_per_s": n_crops / wall, "crops_per_cpu_s": n_crops / cpu, "ms_per_image": 1e3 * wall / len(files),
             "crops": n_crops}
@@ -158,7 +188,8 @@ def main() -> None:
             with Image.open(path) as f:
                 sizes.append(f.size)
         pipelines = {"ours": MultiCropAugmentation(), "torchvision-pil": torchvision_pil_baseline(),
-                     "ours-batched": MultiCropAugmentation(batched_color=True)}
+                     "ours-batched": MultiCropAugmentation(batched_color=True),
+                     "ours-batched-crops": MultiCropAugmentation(batched_color=True, batched_crops=True)}
         for name, pipeline in pipelines.items():  # warm-up: imports, caches
             run_once(pipeline, files[:4], seed=0)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in pipelines}
@@ -167,6 +198,7 @@ def main() -> None:
                 runs[name].append(run_once(pipeline, files, seed=r))
         decode = decode_ms(files)
         colour_ms = batched_colour_ms(pipelines["ours-batched"], files[:16], args.repeats, args.colour_device)
+        cut_ms = batched_cut_ms(pipelines["ours-batched-crops"], files[:16], args.repeats, args.colour_device)
 
     keys = ("crops_per_s", "crops_per_cpu_s", "ms_per_image")
     figures = {name: {**{k: _common.median([x[k] for x in rs]) for k in keys}, "runs": rs}
@@ -191,6 +223,11 @@ def main() -> None:
           f"(target >= 2x: {'met' if ratio_batched >= 2 else 'NOT met'}); the batched colour step costs "
           f"{colour_ms:.1f} ms/image on {args.colour_device} (1 CPU thread), "
           f"{cpu_only / base:.2f}x the baseline with both in one process")
+    cut = figures["ours-batched-crops"]
+    cut_cpu_only = crops_per_image / ((cut["ms_per_image"] + cut_ms + colour_ms) / 1e3)
+    print(f"ours-batched-crops per worker / torchvision-pil: {cut['crops_per_s'] / base:.2f}x crops/s; cutting the "
+          f"crops costs {cut_ms:.1f} ms/image on {args.colour_device}, {cut_cpu_only / base:.2f}x the baseline "
+          f"with the worker's part, the cut and the colour step in one process")
     path = _common.write_results("augment", {
         "setting": {"images": len(files), "sizes_px": [min(min(s) for s in sizes), max(max(s) for s in sizes)],
                     "source": args.image_dir or "generated from sklearn sample photos", "crops_per_image":
@@ -204,6 +241,9 @@ def main() -> None:
         "batched_colour_device": args.colour_device,
         "ratio_batched_worker_over_baseline": ratio_batched,
         "ratio_batched_both_halves_in_one_process_over_baseline": cpu_only / base,
+        "batched_cut_ms_per_image": cut_ms,
+        "ratio_batched_crops_worker_over_baseline": cut["crops_per_s"] / base,
+        "ratio_batched_crops_all_in_one_process_over_baseline": cut_cpu_only / base,
         "target_ratio": 2.0,
     }, path=args.out)
     print(f"wrote {path}")

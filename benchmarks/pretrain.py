@@ -18,9 +18,9 @@ Measured per setting, each run in its own process (so peak memory is that implem
   at run time: a one-process process group (gloo on CPU), a stand-in for DDP's ``.module``
   (no DDP, which can only favour the official step), and on CPU ``Tensor.cuda``,
   ``torch.cuda.synchronize`` and the epoch-end ``cuda`` tensor of its metric logger become no-ops.
-- ``loader`` step, ours only: the full step fed by the real data loader (JPEG photos of mixed
-  sizes for ``vit_small``, the Fashion-MNIST subset for ``cpu``), with the time spent waiting for
-  data.
+- ``loader`` step, ours only (each ``--ours`` variant, in the same alternating order): the full
+  step fed by the real data loader (JPEG photos of mixed sizes for ``vit_small``, the
+  Fashion-MNIST subset for ``cpu``), with the time spent waiting for data.
 
 CPU memory is the peak RSS of the process (``ru_maxrss``; ``setup`` is the RSS before the first
 step), GPU memory ``torch.cuda.max_memory_allocated``. Steps run at epoch ``freeze_last_layer``
@@ -396,16 +396,23 @@ def bench_setting(setting: str, args: argparse.Namespace, tmp: str, log: Path) -
                                      for name, rs in runs.items() if name != "official"}
     else:
         out["baseline"] = "skipped: no --official-repo given"
-    if args.loader:
-        loader_spec = {**spec, **variants[0], "mode": "loader", "workers": args.workers}
+    if args.loader:  # every variant fed by the real data loader, in the same ABBA order
+        loader_spec = {**spec, "mode": "loader", "workers": args.workers}
         if setting == "vit_small":
             loader_spec["data"] = str(_common.make_jpeg_folder(Path(tmp) / "jpegs", n=max(64, 8 * batch)))
-        result = child(loader_spec, log)
-        out["loader_step"] = {"variant": variants[0]["name"], "workers": args.workers,
-                              "data": "JPEG photos 300-800 px" if setting == "vit_small" else loader_spec["data"],
-                              **summarise([result])}
-        model = out["model_step"][variants[0]["name"]]
-        out["loader_step"]["slowdown_vs_model_step"] = model["images_per_s"] / result["images_per_s"]
+        fed: dict[str, list] = {v["name"]: [] for v in variants if v["impl"] == "ours"}
+        for r in range(args.repeats):
+            for variant in [v for v in (variants if r % 2 == 0 else variants[::-1]) if v["impl"] == "ours"]:
+                result = child({**loader_spec, **variant}, log)
+                fed[variant["name"]].append(result)
+                print(f"  {setting} {variant['name']} + data loader, round {r + 1}: {result['images_per_s']:.3g} "
+                      f"img/s, data wait {100 * result['data_wait_share']:.1f}%", flush=True)
+        out["loader_steps"] = {}
+        for name, rs in fed.items():
+            summary = {"workers": args.workers, "data": "JPEG photos 300-800 px" if setting == "vit_small"
+                       else loader_spec["data"], **summarise(rs)}
+            summary["slowdown_vs_model_step"] = out["model_step"][name]["images_per_s"] / summary["images_per_s"]
+            out["loader_steps"][name] = summary
     return out
 
 
@@ -416,9 +423,8 @@ def report(results: dict[str, Any], device: str) -> None:
         for name, m in r["model_step"].items():
             rows.append([setting, f"{name} ({m['precision']})", r["batch"], m["images_per_s"], m["s_per_step"],
                          m["images_per_cpu_s"], "-", m[mem]])
-        if "loader_step" in r:
-            m = r["loader_step"]
-            rows.append([setting, f"{m['variant']} + data loader ({m['workers']} workers)", r["batch"],
+        for name, m in r.get("loader_steps", {}).items():
+            rows.append([setting, f"{name} + data loader ({m['workers']} workers)", r["batch"],
                          m["images_per_s"], m["s_per_step"], m["images_per_cpu_s"],
                          f"{100 * m['data_wait_share']:.1f}%", m[mem]])
     _common.print_table(["setting", "implementation", "batch", "images/s", "s/step", "images/CPU-s", "data wait",

@@ -118,10 +118,12 @@ def build_mask_generator(mask: MaskConfig, pred_shape: str | None = None) -> Mas
 def build_augmentation(data: DataConfig, local_crops_number: int | None = None,
                        batched_color: bool | None = None) -> MultiCropAugmentation:
     """The multi-crop augmentation of the ``data`` section; ``local_crops_number`` and
-    ``batched_color`` override the section's when given."""
+    ``batched_color`` override the section's when given (``batched_color=False`` turns batched
+    crops off too)."""
     return MultiCropAugmentation(
         global_crops_size=data.global_crops_size, local_crops_size=data.local_crops_size,
         global_crops_scale=tuple(data.global_crops_scale), local_crops_scale=tuple(data.local_crops_scale),
         global_crops_number=data.global_crops_number, blur_sigma=tuple(data.blur_sigma),
         local_crops_number=data.local_crops_number if local_crops_number is None else local_crops_number,
-        batched_color=data.batched_color if batched_color is None else batched_color)
+        batched_color=data.batched_color if batched_color is None else batched_color,
+        batched_crops=data.batched_crops and batched_color is not False)

@@ -73,6 +73,9 @@ class DataConfig:
     # colour jitter, grayscale, blur and solarisation batched on the training device; the workers
     # only decode, crop and flip (ibot.data.batched_color)
     batched_color: bool = False
+    # with batched_color: crops and flips cut on the training device too; the workers only decode
+    # and draw (ibot.data.batched_crops)
+    batched_crops: bool = False
 
 
 @dataclass
@@ -357,6 +360,8 @@ def validate(cfg: PretrainConfig) -> None:
         raise ValueError(f"loss.centering must be one of mean, sinkhorn, got '{cfg.loss.centering}'")
     if cfg.loss.koleo_weight > 0 and cfg.optim.batch_size_per_device < 2:
         raise ValueError("loss.koleo_weight > 0 needs optim.batch_size_per_device >= 2 (nearest neighbours in the batch)")
+    if cfg.data.batched_crops and not cfg.data.batched_color:
+        raise ValueError("data.batched_crops needs data.batched_color=true (the crops are cut where the colour runs)")
     if cfg.mask.pred_shape not in ("block", "rand"):
         raise ValueError(f"mask.pred_shape must be 'block' or 'rand', got '{cfg.mask.pred_shape}'")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.run.device):

@@ -75,6 +75,12 @@ def test_bad_overrides_name_the_option(override, message):
         resolve_config("cpu", overrides=[override])
 
 
+def test_batched_crops_need_batched_colour():
+    assert resolve_config("cpu", overrides=["data.batched_crops=true"]).data.batched_crops
+    with pytest.raises(ValueError, match="^data.batched_crops needs data.batched_color=true"):
+        resolve_config("vit_small_16", overrides=["data.batched_crops=true"])
+
+
 def test_unknown_preset_suggests():
     with pytest.raises(ValueError, match="Did you mean 'vit_small_16'"):
         get_preset("vit_smal_16")

@@ -41,7 +41,10 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, Pillow's convert("L")
 
 class ColorParamSampler:
     """``uint8 crop (3, H, W) -> (crop, params (NUM_PARAMS,))``: draws one crop's colour parameters
-    from torch's global generator (seeded per sample by the pre-training dataset)."""
+    from torch's global generator (seeded per sample by the pre-training dataset); :meth:`draw`
+    gives the parameters alone, :meth:`row` makes them of given uniforms."""
+
+    UNIFORMS = 13  # the uniforms a row is made of
 
     def __init__(self, blur_p: float, blur_sigma: tuple[float, float], solarize_p: float) -> None:
         self.blur_p = blur_p
@@ -49,9 +52,16 @@ class ColorParamSampler:
         self.solarize_p = solarize_p
 
     def __call__(self, crop: Tensor) -> tuple[Tensor, Tensor]:
-        # one call to the generator (13 uniforms) instead of one per choice: a worker draws 12 sets
-        # per image. The order of the jitter operations is the argsort of four uniforms.
-        u = torch.rand(13).tolist()
+        return crop, self.draw()
+
+    def draw(self) -> Tensor:
+        """One crop's parameter row (NUM_PARAMS,), from one call to the generator."""
+        return torch.tensor(self.row(torch.rand(self.UNIFORMS).tolist()))
+
+    def row(self, u: Sequence[float]) -> list[float]:
+        """The parameter row made of ``UNIFORMS`` uniforms in [0, 1) (drawn in one call, not one per
+        choice: a worker draws rows for 12 crops an image). The order of the jitter operations is
+        the argsort of four of them."""
         row = [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 2.0, 3.0, 0.0, 0.0, 0.0]
         if u[0] < JITTER_P:
             row[JITTER] = 1.0
@@ -62,7 +72,7 @@ class ColorParamSampler:
         if u[10] < self.blur_p:
             row[SIGMA] = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[11]
         row[SOLARIZE] = float(u[12] < self.solarize_p)
-        return crop, torch.tensor(row)
+        return row
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(blur_p={self.blur_p}, sigma={self.blur_sigma}, solarize_p={self.solarize_p})"

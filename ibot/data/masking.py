@@ -128,7 +128,7 @@ class MaskGenerator:
             top = int(rng.integers(0, height - h + 1))
             left = int(rng.integers(0, width - w + 1))
             block = mask[top:top + h, left:left + w]  # a view: writing it writes the mask
-            added = h * w - int(block.sum())
+            added = h * w - int(np.count_nonzero(block))
             if 0 < added <= budget:
                 block[:] = True
                 return added

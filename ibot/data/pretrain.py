@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from ibot.data.batched_crops import CropPlan, pad_images
 from ibot.data.datasets import format_skipped, safe_getitem
 
 __all__ = [
@@ -64,21 +65,26 @@ def sample_seeds(seed: int, epoch: int, index: int) -> tuple[int, np.random.Gene
 
 @dataclass
 class PretrainSample:
-    """One image's crops and the masks of its global crops."""
+    """One image's crops and the masks of its global crops; with batched crops, the image and the
+    boxes of its crops instead of the crops."""
 
-    global_crops: list[Tensor]  # G x (3, H, W)
-    local_crops: list[Tensor]  # L x (3, h, w)
+    global_crops: list[Tensor]  # G x (3, H, W); empty with batched crops
+    local_crops: list[Tensor]  # L x (3, h, w); empty with batched crops
     masks: list[Tensor]  # G x (H // stride, W // stride) bool
     skipped: tuple[str, ...]  # unreadable files met on the way to this image (its own first), each once
-    color_params: list[Tensor] | None = None  # (G + L) x (NUM_PARAMS,) with batched colour (uint8 crops)
+    color_params: Tensor | None = None  # (G + L, NUM_PARAMS) with batched colour (uint8 crops)
     label: int = -1  # the image's class (of its stand-in, if it was unreadable); -1: unlabelled
+    image: Tensor | None = None  # (3, H, W) uint8 with batched crops (ibot.data.batched_crops)
+    boxes: Tensor | None = None  # (G + L, BOX_COLUMNS) with batched crops, global crops first
 
 
 @dataclass
 class PretrainBatch:
-    """A collated batch, crop-major: rows ``[c * B:(c + 1) * B]`` are crop ``c`` of every image."""
+    """A collated batch, crop-major: rows ``[c * B:(c + 1) * B]`` are crop ``c`` of every image.
+    With batched crops the crops are not cut yet: ``images`` and the crops' boxes stand for them
+    (``ibot.data.batched_crops.cut_crops``), and ``global_crops`` is None."""
 
-    global_crops: Tensor  # (G * B, 3, H, W)
+    global_crops: Tensor | None  # (G * B, 3, H, W)
     local_crops: Tensor | None  # (L * B, 3, h, w), None without local crops
     masks: Tensor  # (G * B, H // stride, W // stride) bool, True = masked
     # (crop, patch) of each masked token, ``masks.flatten(1).nonzero()``, then (0, 0) rows up to a
@@ -90,14 +96,19 @@ class PretrainBatch:
     global_params: Tensor | None = None  # (G * B, NUM_PARAMS)
     local_params: Tensor | None = None  # (L * B, NUM_PARAMS)
     labels: Tensor | None = None  # (B,) int64 classes of the images, -1 where unknown (for the NMI check)
+    # batched crops: the whole images (padded with their edges to one size) and the crops' box rows, crop-major
+    images: Tensor | None = None  # (B, 3, H, W) uint8
+    global_boxes: Tensor | None = None  # (G * B, BOX_COLUMNS)
+    local_boxes: Tensor | None = None  # (L * B, BOX_COLUMNS)
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> PretrainBatch:
         def maybe(t: Tensor | None) -> Tensor | None:
             return None if t is None else fn(t)
 
-        return PretrainBatch(fn(self.global_crops), maybe(self.local_crops), fn(self.masks), fn(self.mask_index),
+        return PretrainBatch(maybe(self.global_crops), maybe(self.local_crops), fn(self.masks), fn(self.mask_index),
                              self.num_masked, self.skipped, maybe(self.global_params), maybe(self.local_params),
-                             maybe(self.labels))
+                             maybe(self.labels), maybe(self.images), maybe(self.global_boxes),
+                             maybe(self.local_boxes))
 
     def pin_memory(self) -> PretrainBatch:
         """Called by ``DataLoader(pin_memory=True)``."""
@@ -111,7 +122,9 @@ class PretrainDataset(Dataset):
     """Indexed by ``(epoch, index)``: the crops of image ``index`` and masks of its global crops.
 
     ``base`` yields ``(image, label)``; ``augmentation(image)`` returns the global crops first
-    (it must have ``global_crops_number``), then the local ones; ``mask_generator(grid, epoch,
+    (it must have ``global_crops_number``), then the local ones, or a
+    :class:`~ibot.data.batched_crops.CropPlan` (then it must have ``global_crops_size`` too,
+    which sets the masks' grid); ``mask_generator(grid, epoch,
     rng)`` draws one mask per global crop on the grid ``(H // mask_stride, W // mask_stride)``.
     An unreadable image is replaced by a readable one drawn from ``(seed, epoch, index)``
     (:func:`stand_in_order`), and the unreadable files met are named in ``skipped``.
@@ -166,9 +179,15 @@ class PretrainDataset(Dataset):
                 crops = self.augmentation(image)
             finally:
                 random.setstate(python_state)
+        if isinstance(crops, CropPlan):  # batched crops: boxes to cut on the training device
+            side = int(self.augmentation.global_crops_size) // self.mask_stride
+            masks = [torch.from_numpy(self.mask_generator((side, side), epoch, mask_rng))
+                     for _ in range(self.num_global)]
+            return PretrainSample([], [], masks, skipped, crops.color_params, label, crops.image, crops.boxes)
         color_params = None
         if crops and isinstance(crops[0], tuple):  # batched colour: (uint8 crop, parameters)
             crops, color_params = (list(t) for t in zip(*crops))
+            color_params = torch.stack(color_params)
         global_crops, local_crops = crops[: self.num_global], crops[self.num_global :]
         masks = []
         for crop in global_crops:
@@ -208,29 +227,40 @@ def masked_token_index(masks: Tensor) -> tuple[Tensor, int]:
     return pad_mask_index(mask_index), mask_index.shape[0]
 
 
+def _rows_crop_major(rows: list[Tensor], num_global: int) -> tuple[Tensor, Tensor | None]:
+    """B per-sample tensors (G + L, K) -> the global crops' rows (G * B, K) and the local ones'
+    (L * B, K) (None without local crops), crop-major."""
+    stacked = torch.stack(rows, dim=1).flatten(0, 1)  # (G + L, B, K) -> ((G + L) * B, K)
+    split = num_global * len(rows)
+    return stacked[:split], stacked[split:] if stacked.shape[0] > split else None
+
+
 def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
     """Stack B samples crop-major into a :class:`PretrainBatch`, with the index of the masked
     tokens (:func:`masked_token_index`)."""
     if not items:
         raise ValueError("cannot collate an empty batch")
-    num_global, num_local = len(items[0].global_crops), len(items[0].local_crops)
+    num_global, num_local = len(items[0].masks), len(items[0].local_crops)
 
     def crop_major(per_sample: Callable[[PretrainSample], list[Tensor]], crops: range) -> Tensor:
         # C x B tensors of one shape -> (C * B, ...): crop c of every image, then crop c + 1
         return torch.stack([per_sample(s)[c] for c in crops for s in items])
 
-    global_crops = crop_major(lambda s: s.global_crops, range(num_global))
     masks = crop_major(lambda s: s.masks, range(num_global))
-    local_crops = crop_major(lambda s: s.local_crops, range(num_local)) if num_local else None
+    images = global_boxes = local_boxes = global_crops = local_crops = None
+    if items[0].boxes is not None:  # batched crops: the images and the boxes to cut from them
+        images = pad_images([s.image for s in items])
+        global_boxes, local_boxes = _rows_crop_major([s.boxes for s in items], num_global)
+    else:
+        global_crops = crop_major(lambda s: s.global_crops, range(num_global))
+        local_crops = crop_major(lambda s: s.local_crops, range(num_local)) if num_local else None
     global_params = local_params = None
     if items[0].color_params is not None:
-        global_params = crop_major(lambda s: s.color_params, range(num_global))
-        if num_local:
-            local_params = crop_major(lambda s: s.color_params, range(num_global, num_global + num_local))
+        global_params, local_params = _rows_crop_major([s.color_params for s in items], num_global)
     skipped = tuple(dict.fromkeys(path for s in items for path in s.skipped))  # each file once
     labels = torch.tensor([s.label for s in items], dtype=torch.long)
     return PretrainBatch(global_crops, local_crops, masks, *masked_token_index(masks), skipped, global_params,
-                         local_params, labels)
+                         local_params, labels, images, global_boxes, local_boxes)
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):

@@ -17,7 +17,10 @@ seeding it makes a call reproducible.
 parameters, drawn here, and ``ibot.data.batched_color.apply_color`` does the rest for a whole
 batch on the training device. The crop and flip then run straight on Pillow
 (:class:`ResizedCropFlip`: torchvision's draws and pixels without its per-call dispatch, which
-took most of a worker's time on 28-px crops).
+took most of a worker's time on 28-px crops). ``batched_crops=True`` (with ``batched_color``) stops
+before any pixel is cut: the image becomes one uint8 tensor with each crop's box, flip and colour
+parameters (:class:`ibot.data.batched_crops.CropPlan`), and ``ibot.data.batched_crops.cut_crops``
+cuts a whole batch on the training device.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from ibot.data.batched_color import GRAY_P, JITTER_P, JITTER_STRENGTHS, SOLARIZE_LEVEL, ColorParamSampler
+from ibot.data.batched_crops import CropBoxSampler, CropPlan
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -43,11 +47,14 @@ __all__ = [
     "default_crop_pct",
     "eval_transform",
     "probe_train_transform",
+    "uint8_chw",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BLUR_SIGMA = (0.1, 2.0)
+# (blur p, solarisation p) of global crop 1, the other global crops and the local crops (official)
+CROP_BLUR_SOLARIZE = ((1.0, 0.0), (0.1, 0.2), (0.5, 0.0))
 
 
 class RandomGaussianBlur:
@@ -65,6 +72,15 @@ class RandomGaussianBlur:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p={self.p}, sigma={self.sigma})"
+
+
+def uint8_chw(image: Image.Image | Tensor) -> Tensor:
+    """A PIL image or a (C, H, W) uint8 tensor -> (C, H, W) uint8 tensor."""
+    if isinstance(image, Tensor):
+        return image
+    pixels = np.asarray(image)
+    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
 
 
 class ResizedCropFlip:
@@ -86,9 +102,7 @@ class ResizedCropFlip:
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
         if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        pixels = np.asarray(image)
-        pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
-        return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+        return uint8_chw(image)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, scale={self.crop.scale})"
@@ -131,9 +145,24 @@ def _crop_transform(
     return v2.Compose([*ops, *_normalized_tensor(mean, std)])
 
 
+class _CropDraws:
+    """One crop's draws for ``batched_crops``, made of given uniforms: its box and flip, then its
+    colour parameters."""
+
+    def __init__(self, scale: tuple[float, float], blur_p: float, blur_sigma: tuple[float, float],
+                 solarize_p: float) -> None:
+        self.box = CropBoxSampler(scale)
+        self.color = ColorParamSampler(blur_p, blur_sigma, solarize_p)
+        self.uniforms = self.box.UNIFORMS + self.color.UNIFORMS
+
+    def __call__(self, height: int, width: int, u: list[float]) -> tuple[list[float], list[float]]:
+        return self.box.row(height, width, u[: self.box.UNIFORMS]), self.color.row(u[self.box.UNIFORMS :])
+
+
 class MultiCropAugmentation:
     """``image -> [global_1, ..., global_G, local_1, ..., local_L]`` normalised float tensors
-    (with ``batched_color``: ``(uint8 crop, colour parameters)`` pairs for ``apply_color``).
+    (with ``batched_color``: ``(uint8 crop, colour parameters)`` pairs for ``apply_color``; with
+    ``batched_crops`` as well: one :class:`~ibot.data.batched_crops.CropPlan`).
 
     Official recipe: 2 global crops of 224 px, scale (0.25, 1); 10 local crops of 96 px, scale
     (0.05, 0.25). Global crops 2..G share global crop 2's transform, as in the official code.
@@ -151,7 +180,11 @@ class MultiCropAugmentation:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         batched_color: bool = False,
+        batched_crops: bool = False,
     ) -> None:
+        if batched_crops and not batched_color:
+            raise ValueError("batched_crops needs batched_color: the crops are cut on the training device, "
+                             "where the colour half then runs")
         if global_crops_size < 1 or local_crops_size < 1:
             raise ValueError(
                 f"crop sizes must be positive, got {global_crops_size} and {local_crops_size}"
@@ -171,28 +204,42 @@ class MultiCropAugmentation:
         self.local_crops_number = local_crops_number
         self.mean, self.std = tuple(mean), tuple(std)
         self.batched_color = batched_color
-        # (size, scale, blur p, blur sigma, solarisation p, mean, std, batched_color)
-        self.global_transform1 = _crop_transform(
-            global_crops_size, global_scale, 1.0, sigma, 0.0, mean, std, batched_color
-        )
-        self.global_transform2 = _crop_transform(
-            global_crops_size, global_scale, 0.1, sigma, 0.2, mean, std, batched_color
-        )
-        self.local_transform = _crop_transform(
-            local_crops_size, local_scale, 0.5, sigma, 0.0, mean, std, batched_color
-        )
+        self.batched_crops = batched_crops
+        # global crop 1, the other global crops, the local crops: (size, scale, blur p, solarisation p)
+        kinds = [(global_crops_size, global_scale, *CROP_BLUR_SOLARIZE[0]),
+                 (global_crops_size, global_scale, *CROP_BLUR_SOLARIZE[1]),
+                 (local_crops_size, local_scale, *CROP_BLUR_SOLARIZE[2])]
+        self.global_transform1, self.global_transform2, self.local_transform = (
+            _crop_transform(size, scale, blur_p, sigma, solarize_p, mean, std, batched_color)
+            for size, scale, blur_p, solarize_p in kinds)
+        if batched_crops:
+            self.draws = tuple(_CropDraws(scale, blur_p, sigma, solarize_p) for _, scale, blur_p, solarize_p in kinds)
 
-    def __call__(self, image: Image.Image) -> list[Tensor] | list[tuple[Tensor, Tensor]]:
+    def __call__(self, image: Image.Image) -> list[Tensor] | list[tuple[Tensor, Tensor]] | CropPlan:
+        if self.batched_crops:
+            return self.plan(image)
         crops = [self.global_transform1(image)]
         crops += [self.global_transform2(image) for _ in range(self.global_crops_number - 1)]
         crops += [self.local_transform(image) for _ in range(self.local_crops_number)]
         return crops
 
+    def plan(self, image: Image.Image | Tensor) -> CropPlan:
+        """The image as one uint8 tensor and every crop's box, flip and colour parameters (crop by
+        crop: box, flip, colour, as the per-crop path draws them)."""
+        pixels = uint8_chw(image)
+        height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
+        first, other_global, local = self.draws
+        draws = [first] + [other_global] * (self.global_crops_number - 1) + [local] * self.local_crops_number
+        uniforms = torch.rand(len(draws), first.uniforms).tolist()  # one call to the generator an image
+        boxes, params = zip(*(draw(height, width, u) for draw, u in zip(draws, uniforms)))
+        return CropPlan(pixels, torch.tensor(boxes), torch.tensor(params))
+
     def __repr__(self) -> str:
+        batched = ", crops and colour batched" if self.batched_crops else ", colour batched" if self.batched_color else ""
         return (
             f"{type(self).__name__}(global {self.global_crops_number} x "
             f"{self.global_crops_size}px, local {self.local_crops_number} x "
-            f"{self.local_crops_size}px{', colour batched' if self.batched_color else ''})"
+            f"{self.local_crops_size}px{batched})"
         )
 
 

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ibot.build import build_loss
 from ibot.config import PretrainConfig
 from ibot.data.batched_color import apply_color
+from ibot.data.batched_crops import cut_crops
 from ibot.data.pretrain import PretrainBatch
 from ibot.data.transforms import MultiCropAugmentation
 from ibot.loss import koleo_loss
@@ -34,7 +35,7 @@ class IBOTObjective:
     ``world_size > 1``, or both networks sharded by FSDP with ``run.strategy=fsdp``, and
     torch.compile with ``run.compile``). ``amp_dtype``: the autocast
     dtype, None for fp32 (fp16 brings a grad scaler, ``scaler``); ``augmentation``: the run's,
-    whose normalisation the batched colour ops apply.
+    whose crop sizes and normalisation the batched crop and colour ops apply.
     """
 
     def __init__(self, cfg: PretrainConfig, student: MultiCropWrapper, teacher: MultiCropWrapper,
@@ -43,6 +44,7 @@ class IBOTObjective:
         self.device, self.amp_dtype = device, amp_dtype
         self.koleo_weight, self.global_crops_number = cfg.loss.koleo_weight, cfg.data.global_crops_number
         self.mean, self.std = augmentation.mean, augmentation.std
+        self.crop_sizes = augmentation.global_crops_size, augmentation.local_crops_size
         self.student, self.teacher = student, teacher
         self.student.to(device)
         self.teacher.to(device).eval()
@@ -74,11 +76,10 @@ class IBOTObjective:
         """The loss terms of ``batch`` at ``epoch`` (detached, on the device) and the step's
         :mod:`ibot.train.collapse` metrics, after the backward of the loss (scaled by ``scaler``)
         into the student's gradients."""
-        global_crops = batch.global_crops.to(self.device, non_blocking=True)
         masks = batch.masks.to(self.device, non_blocking=True)
         rows = batch.mask_index.to(self.device, non_blocking=True)  # padded to a recurring count (collate)
         m = batch.num_masked
-        local_crops = batch.local_crops.to(self.device, non_blocking=True) if batch.local_crops is not None else None
+        global_crops, local_crops = self._crops(batch)
         if batch.global_params is not None:  # uint8 crops: the colour half of the augmentation, batched here
             global_crops = apply_color(global_crops, batch.global_params, self.mean, self.std)
             if local_crops is not None:
@@ -101,6 +102,16 @@ class IBOTObjective:
         metrics = collapse_metrics(targets, teacher.cls, student.cls, student.backbone_cls)
         self.prototypes.add(teacher.cls, None if batch.labels is None else batch.labels.to(self.device))
         return {**{k: v.detach() for k, v in losses.items()}, **metrics}
+
+    def _crops(self, batch: PretrainBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's global and local crops on the device; with batched crops, cut here."""
+        if batch.images is None:
+            local = batch.local_crops
+            return (batch.global_crops.to(self.device, non_blocking=True),
+                    None if local is None else local.to(self.device, non_blocking=True))
+        images = batch.images.to(self.device, non_blocking=True)
+        local = None if batch.local_boxes is None else cut_crops(images, batch.local_boxes, self.crop_sizes[1])
+        return cut_crops(images, batch.global_boxes, self.crop_sizes[0]), local
 
     def update_teacher(self, momentum: float) -> None:
         """``teacher <- momentum * teacher + (1 - momentum) * student`` (the EMA of DINO / iBOT)."""

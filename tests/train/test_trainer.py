@@ -230,6 +230,23 @@ def test_per_crop_pillow_colour_resumes_exactly(tmp_path, image_folder):
         assert got[:2] == want[:2] and got[2:] == pytest.approx(want[2:], rel=1e-6, abs=1e-7)
 
 
+def test_batched_crops_resume_exactly(tmp_path, image_folder):
+    """Crops cut on the training device (``data.batched_crops``): other pixels than the workers'
+    crops, and a resumed run continues exactly."""
+    crops, colour = "data.batched_crops=true", "data.batched_crops=false"
+    full = step_losses(Pretrainer(tiny_config(tmp_path / "full", image_folder, crops, "optim.epochs=1")).fit())
+    cut_by_workers = step_losses(Pretrainer(tiny_config(tmp_path / "colour", image_folder, colour,
+                                                        "optim.epochs=1")).fit())
+    assert len(full) == 4 and all(torch.isfinite(torch.tensor(s[2:])).all() for s in full)
+    assert full[0][2] != pytest.approx(cut_by_workers[0][2], rel=1e-6)
+    run_dir = tmp_path / "parts"
+    first = Pretrainer(tiny_config(run_dir, image_folder, crops, "optim.epochs=1", "run.max_steps=2")).fit()
+    rest = Pretrainer(tiny_config(run_dir, image_folder, crops, "optim.epochs=1")).fit(
+        resume=run_dir / "checkpoint.safetensors")
+    for got, want in zip(step_losses(first) + step_losses(rest), full, strict=True):
+        assert got[:2] == want[:2] and got[2:] == pytest.approx(want[2:], rel=1e-6, abs=1e-7)
+
+
 def test_corrupt_images_are_skipped_and_counted_once_each(tmp_path, image_folder, capsys):
     """Four unreadable files, two pairs of neighbours (8_broken, 9_broken after 0..7 in each class
     folder), all met in the epoch's 5 batches: counted 4 times, not once per image that passed over them."""
