@@ -73,25 +73,25 @@ class MaskGenerator:
         self.pred_shape = pred_shape
         self.pred_start_epoch = pred_start_epoch
 
-    def sample_ratio(self, epoch: int, rng: np.random.Generator | _Uniforms) -> float:
+    def sample_ratio(self, epoch: int, rng: np.random.Generator) -> float:
         """The masking ratio of one crop: 0 before ``pred_start_epoch``."""
         if epoch < self.pred_start_epoch:
             return 0.0
-        u = rng if isinstance(rng, _Uniforms) else _Uniforms(rng)
-        pick = min(int(u() * len(self.pred_ratio)), len(self.pred_ratio) - 1)
-        r, v = self.pred_ratio[pick], self.pred_ratio_var[pick]
-        return r + v * (2 * u() - 1) if v > 0 else r
+        ratios = [
+            rng.uniform(r - v, r + v) if v > 0 else r
+            for r, v in zip(self.pred_ratio, self.pred_ratio_var)
+        ]
+        return float(ratios[rng.integers(len(ratios))])
 
     def __call__(self, grid: tuple[int, int], epoch: int, rng: np.random.Generator) -> np.ndarray:
         """A ``(h, w)`` bool mask for one global crop."""
         height, width = grid
         if height < 1 or width < 1:
             raise ValueError(f"mask grid must be positive, got {grid}")
+        high = self.sample_ratio(epoch, rng) * height * width
         if self.pred_shape == "rand":
-            high = self.sample_ratio(epoch, rng) * height * width
             return self._random_mask(height, width, int(high), rng)
-        u = _Uniforms(rng)
-        return self._block_mask(height, width, self.sample_ratio(epoch, u) * height * width, u)
+        return self._block_mask(height, width, high, rng)
 
     @staticmethod
     def _random_mask(height: int, width: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -99,48 +99,37 @@ class MaskGenerator:
         mask[rng.permutation(height * width)[:count]] = True
         return mask.reshape(height, width)
 
-    def _block_mask(self, height: int, width: int, high: float, u: _Uniforms) -> np.ndarray:
+    def _block_mask(
+        self, height: int, width: int, high: float, rng: np.random.Generator
+    ) -> np.ndarray:
         """BEiT: add rectangles until ``high`` cells are masked or 10 tries in a row add none."""
         mask = np.zeros((height, width), dtype=bool)
         low = (min(height, width) // 3) ** 2
         count = 0
         while count < high:
-            added = self._add_block(mask, low, high - count, u)
+            added = self._add_block(mask, low, high - count, rng)
             if added == 0:
                 break
             count += added
         return mask
 
-    def _add_block(self, mask: np.ndarray, low: int, budget: float, u: _Uniforms) -> int:
+    def _add_block(
+        self, mask: np.ndarray, low: int, budget: float, rng: np.random.Generator
+    ) -> int:
         """Up to 10 tries to mask a rectangle adding between 1 and ``budget`` new cells."""
         height, width = mask.shape
-        log_low, log_high = self.log_aspect_ratio
         for _ in range(10):
-            area = low + (budget - low) * u()  # U(low, budget), also when budget < low
-            aspect = math.exp(log_low + (log_high - log_low) * u())
+            area = low + (budget - low) * rng.random()  # U(low, budget), also when budget < low
+            aspect = math.exp(rng.uniform(*self.log_aspect_ratio))
             h = int(round(math.sqrt(area * aspect)))
             w = int(round(math.sqrt(area / aspect)))
             if h >= height or w >= width:
                 continue
-            top = int(u() * (height - h + 1))  # uniform over the height - h + 1 positions
-            left = int(u() * (width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
             block = mask[top:top + h, left:left + w]  # a view: writing it writes the mask
             added = h * w - int(np.count_nonzero(block))
             if 0 < added <= budget:
                 block[:] = True
                 return added
         return 0
-
-
-class _Uniforms:
-    """Uniforms in [0, 1) from ``rng``, drawn 64 at a time: a block mask makes dozens of draws, and
-    one call to the generator costs as much as the rest of a try."""
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self.buffer: list[float] = []
-
-    def __call__(self) -> float:
-        if not self.buffer:
-            self.buffer = self.rng.random(64).tolist()
-        return self.buffer.pop()
