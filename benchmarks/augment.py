@@ -88,51 +88,59 @@ def torchvision_pil_baseline() -> Callable[[Image.Image], list[torch.Tensor]]:
     return crops
 
 
+def _augmented(augmentation: MultiCropAugmentation, files: list[Path]) -> list:
+    """``augmentation`` of each of ``files`` (seeded)."""
+    torch.manual_seed(0)
+    outputs = []
+    for path in files:
+        with Image.open(path) as f:
+            outputs.append(augmentation(f.convert("RGB")))
+    return outputs
+
+
+def _median_ms_per_image(step: Callable[[], object], n_images: int, repeats: int, device: str) -> float:
+    """Median wall ms per image of ``step`` over ``repeats`` rounds after one warm-up round (CUDA
+    kernels), synchronising a GPU around each round."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = []
+    for _ in range(repeats + 1):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(1e3 * (time.perf_counter() - start) / n_images)
+    return _common.median(times[1:])
+
+
 def batched_colour_ms(augmentation: MultiCropAugmentation, files: list[Path], repeats: int,
                       device: str = "cpu") -> float:
     """Median ms per image of ``apply_color`` on the global and the local crops of ``files``, the
     crops already on ``device`` (as after the training step's copy)."""
-    torch.manual_seed(0)
-    pairs = []
-    for path in files:
-        with Image.open(path) as f:
-            pairs.append(augmentation(f.convert("RGB")))
+    pairs = _augmented(augmentation, files)
     groups = [[pair[c] for pair in pairs for c in crops] for crops in (range(N_GLOBAL), range(N_GLOBAL, N_GLOBAL + N_LOCAL))]
     batches = [(torch.stack([c for c, _ in g]).to(device), torch.stack([p for _, p in g])) for g in groups]
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times = []
-    for _ in range(repeats + 1):  # the first round warms up (CUDA kernels)
-        sync()
-        start = time.perf_counter()
+
+    def step() -> None:
         for crops, params in batches:
             apply_color(crops, params, augmentation.mean, augmentation.std)
-        sync()
-        times.append(1e3 * (time.perf_counter() - start) / len(files))
-    return _common.median(times[1:])
+
+    return _median_ms_per_image(step, len(files), repeats, device)
 
 
 def batched_cut_ms(augmentation: MultiCropAugmentation, files: list[Path], repeats: int,
                    device: str = "cpu") -> float:
     """Median ms per image of ``cut_crops`` for the global and the local crops of ``files``, their
     images padded to one size and already on ``device``."""
-    torch.manual_seed(0)
-    plans = []
-    for path in files:
-        with Image.open(path) as f:
-            plans.append(augmentation(f.convert("RGB")))
+    plans = _augmented(augmentation, files)
     images = pad_images([p.image for p in plans]).to(device)
     boxes = torch.stack([p.boxes for p in plans], dim=1).flatten(0, 1)  # crop-major
     split = N_GLOBAL * len(plans)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times = []
-    for _ in range(repeats + 1):  # the first round warms up (CUDA kernels)
-        sync()
-        start = time.perf_counter()
+
+    def step() -> None:
         cut_crops(images, boxes[:split], augmentation.global_crops_size)
         cut_crops(images, boxes[split:], augmentation.local_crops_size)
-        sync()
-        times.append(1e3 * (time.perf_counter() - start) / len(files))
-    return _common.median(times[1:])
+
+    return _median_ms_per_image(step, len(files), repeats, device)
 
 
 def run_once(pipeline: Callable[[Image.Image], list[torch.Tensor] | CropPlan], files: list[Path], seed: int) -> dict[str, float]:
