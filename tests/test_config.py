@@ -76,7 +76,8 @@ def test_bad_overrides_name_the_option(override, message):
 
 
 def test_batched_crops_need_batched_colour():
-    assert resolve_config("cpu", overrides=["data.batched_crops=true"]).data.batched_crops
+    assert get_preset("cpu").data.batched_crops and not get_preset("vit_small_16").data.batched_crops
+    assert not resolve_config("cpu", overrides=["data.batched_crops=false"]).data.batched_crops
     with pytest.raises(ValueError, match="^data.batched_crops needs data.batched_color=true"):
         resolve_config("vit_small_16", overrides=["data.batched_crops=true"])
 

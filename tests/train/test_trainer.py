@@ -215,16 +215,16 @@ def test_koleo_term_is_logged_and_added_to_the_loss(tmp_path, image_folder):
 
 
 def test_per_crop_pillow_colour_resumes_exactly(tmp_path, image_folder):
-    """The cpu preset (so tiny_config and the other tests here) batches the colour augmentation on
-    the training device; the official presets' per-crop Pillow path resumes exactly too."""
-    pillow = "data.batched_color=false"
-    full = step_losses(Pretrainer(tiny_config(tmp_path / "full", image_folder, pillow, "optim.epochs=1")).fit())
+    """The cpu preset (so tiny_config and the other tests here) cuts and colours the crops in the
+    batch on the training device; the official presets' per-crop Pillow path resumes exactly too."""
+    pillow = ("data.batched_crops=false", "data.batched_color=false")
+    full = step_losses(Pretrainer(tiny_config(tmp_path / "full", image_folder, *pillow, "optim.epochs=1")).fit())
     batched = step_losses(Pretrainer(tiny_config(tmp_path / "batched", image_folder, "optim.epochs=1")).fit())
     assert len(full) == 4 and all(torch.isfinite(torch.tensor(s[2:])).all() for s in full)
     assert full[0][2] != pytest.approx(batched[0][2], rel=1e-6)  # other pixels than the batched path
     run_dir = tmp_path / "parts"
-    first = Pretrainer(tiny_config(run_dir, image_folder, pillow, "optim.epochs=1", "run.max_steps=2")).fit()
-    rest = Pretrainer(tiny_config(run_dir, image_folder, pillow, "optim.epochs=1")).fit(
+    first = Pretrainer(tiny_config(run_dir, image_folder, *pillow, "optim.epochs=1", "run.max_steps=2")).fit()
+    rest = Pretrainer(tiny_config(run_dir, image_folder, *pillow, "optim.epochs=1")).fit(
         resume=run_dir / "checkpoint.safetensors")
     for got, want in zip(step_losses(first) + step_losses(rest), full, strict=True):
         assert got[:2] == want[:2] and got[2:] == pytest.approx(want[2:], rel=1e-6, abs=1e-7)
