@@ -41,6 +41,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from ibot.data.batched_color import apply_color
 from ibot.data.batched_crops import CropPlan, cut_crops, pad_images
+from ibot.data.pretrain import crop_major, split_global_local
 from ibot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
 
 N_GLOBAL, N_LOCAL = 2, 10
@@ -133,12 +134,11 @@ def batched_cut_ms(augmentation: MultiCropAugmentation, files: list[Path], repea
     images padded to one size and already on ``device``."""
     plans = _augmented(augmentation, files)
     images = pad_images([p.image for p in plans]).to(device)
-    boxes = torch.stack([p.boxes for p in plans], dim=1).flatten(0, 1)  # crop-major
-    split = N_GLOBAL * len(plans)
+    global_boxes, local_boxes = split_global_local(crop_major([p.boxes for p in plans]), N_GLOBAL * len(plans))
 
     def step() -> None:
-        cut_crops(images, boxes[:split], augmentation.global_crops_size)
-        cut_crops(images, boxes[split:], augmentation.local_crops_size)
+        cut_crops(images, global_boxes, augmentation.global_crops_size)
+        cut_crops(images, local_boxes, augmentation.local_crops_size)
 
     return _median_ms_per_image(step, len(files), repeats, device)
 

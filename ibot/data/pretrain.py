@@ -227,12 +227,18 @@ def masked_token_index(masks: Tensor) -> tuple[Tensor, int]:
     return pad_mask_index(mask_index), mask_index.shape[0]
 
 
-def _rows_crop_major(rows: list[Tensor], num_global: int) -> tuple[Tensor, Tensor | None]:
-    """B per-sample tensors (G + L, K) -> the global crops' rows (G * B, K) and the local ones'
-    (L * B, K) (None without local crops), crop-major."""
-    stacked = torch.stack(rows, dim=1).flatten(0, 1)  # (G + L, B, K) -> ((G + L) * B, K)
-    split = num_global * len(rows)
-    return stacked[:split], stacked[split:] if stacked.shape[0] > split else None
+def crop_major(per_sample: Sequence[Sequence[Tensor]]) -> Tensor:
+    """B samples' C tensors of one shape (a list each, or one (C, ...) tensor each) -> (C * B, ...):
+    crop 0 of every sample, then crop 1, ... (the order the loss and the masks use)."""
+    if all(isinstance(crops, Tensor) for crops in per_sample):
+        return torch.stack(list(per_sample), dim=1).flatten(0, 1)  # (C, B, ...) -> (C * B, ...)
+    return torch.stack([crops[c] for c in range(len(per_sample[0])) for crops in per_sample])
+
+
+def split_global_local(rows: Tensor, num_global_rows: int) -> tuple[Tensor, Tensor | None]:
+    """Crop-major rows -> the global crops' (the first ``num_global_rows``) and the local crops'
+    (None without local crops)."""
+    return rows[:num_global_rows], rows[num_global_rows:] if rows.shape[0] > num_global_rows else None
 
 
 def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
@@ -240,23 +246,19 @@ def collate_pretrain(items: Sequence[PretrainSample]) -> PretrainBatch:
     tokens (:func:`masked_token_index`)."""
     if not items:
         raise ValueError("cannot collate an empty batch")
-    num_global, num_local = len(items[0].masks), len(items[0].local_crops)
-
-    def crop_major(per_sample: Callable[[PretrainSample], list[Tensor]], crops: range) -> Tensor:
-        # C x B tensors of one shape -> (C * B, ...): crop c of every image, then crop c + 1
-        return torch.stack([per_sample(s)[c] for c in crops for s in items])
-
-    masks = crop_major(lambda s: s.masks, range(num_global))
+    num_global_rows = len(items[0].masks) * len(items)
+    masks = crop_major([s.masks for s in items])
     images = global_boxes = local_boxes = global_crops = local_crops = None
     if items[0].boxes is not None:  # batched crops: the images and the boxes to cut from them
         images = pad_images([s.image for s in items])
-        global_boxes, local_boxes = _rows_crop_major([s.boxes for s in items], num_global)
+        global_boxes, local_boxes = split_global_local(crop_major([s.boxes for s in items]), num_global_rows)
     else:
-        global_crops = crop_major(lambda s: s.global_crops, range(num_global))
-        local_crops = crop_major(lambda s: s.local_crops, range(num_local)) if num_local else None
+        global_crops = crop_major([s.global_crops for s in items])
+        local_crops = crop_major([s.local_crops for s in items]) if items[0].local_crops else None
     global_params = local_params = None
     if items[0].color_params is not None:
-        global_params, local_params = _rows_crop_major([s.color_params for s in items], num_global)
+        global_params, local_params = split_global_local(crop_major([s.color_params for s in items]),
+                                                         num_global_rows)
     skipped = tuple(dict.fromkeys(path for s in items for path in s.skipped))  # each file once
     labels = torch.tensor([s.label for s in items], dtype=torch.long)
     return PretrainBatch(global_crops, local_crops, masks, *masked_token_index(masks), skipped, global_params,

@@ -209,11 +209,12 @@ class MultiCropAugmentation:
         kinds = [(global_crops_size, global_scale, *CROP_BLUR_SOLARIZE[0]),
                  (global_crops_size, global_scale, *CROP_BLUR_SOLARIZE[1]),
                  (local_crops_size, local_scale, *CROP_BLUR_SOLARIZE[2])]
-        self.global_transform1, self.global_transform2, self.local_transform = (
-            _crop_transform(size, scale, blur_p, sigma, solarize_p, mean, std, batched_color)
-            for size, scale, blur_p, solarize_p in kinds)
-        if batched_crops:
+        if batched_crops:  # draws only: the crops are cut and coloured on the training device
             self.draws = tuple(_CropDraws(scale, blur_p, sigma, solarize_p) for _, scale, blur_p, solarize_p in kinds)
+        else:
+            self.global_transform1, self.global_transform2, self.local_transform = (
+                _crop_transform(size, scale, blur_p, sigma, solarize_p, mean, std, batched_color)
+                for size, scale, blur_p, solarize_p in kinds)
 
     def __call__(self, image: Image.Image) -> list[Tensor] | list[tuple[Tensor, Tensor]] | CropPlan:
         if self.batched_crops:

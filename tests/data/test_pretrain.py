@@ -15,7 +15,9 @@ from ibot.data.pretrain import (
     PretrainDataset,
     bucket_rows,
     collate_pretrain,
+    crop_major,
     pad_mask_index,
+    split_global_local,
 )
 from ibot.data.transforms import MultiCropAugmentation
 
@@ -89,6 +91,16 @@ def test_masks_vary_across_samples():
     masks = torch.stack([m for i in range(12) for m in ds[(0, i)].masks])
     assert masks.any() and not masks.all(dim=(1, 2)).any()  # some masked, none fully
     assert len({m.numpy().tobytes() for m in masks}) > 2
+
+
+def test_crop_major_takes_lists_and_tensors_alike():
+    per_sample = [torch.arange(5 * 3).view(5, 3) + 100 * b for b in range(4)]  # 4 samples of 5 rows
+    rows = crop_major(per_sample)
+    assert torch.equal(rows, crop_major([list(t) for t in per_sample]))
+    assert [int(r[0]) // 100 for r in rows[:4]] == [0, 1, 2, 3] and torch.equal(rows[5], per_sample[1][1])
+    first, rest = split_global_local(rows, 2 * 4)
+    assert torch.equal(first, rows[:8]) and torch.equal(rest, rows[8:])
+    assert split_global_local(rows[:8], 8)[1] is None
 
 
 def test_collate_is_crop_major():
