@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, PatchEmbed
+from timm.layers import DropPath, Mlp
 from timm.models.swin_transformer import PatchMerging, WindowAttention, window_partition, window_reverse
 from torch import nn
 
 from ibot.models.checkpointing import run_block
+from ibot.models.patch_embed import LinearPatchEmbed
 from ibot.models.vision_transformer import init_weights
 
 
@@ -137,9 +138,8 @@ class SwinTransformer(nn.Module):
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
         # (B, 3, H, W) -> (B, H / p, W / p, C), LayerNorm'd
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                      embed_dim=embed_dim, norm_layer=norm_layer, output_fmt="NHWC",
-                                      strict_img_size=False)
+        self.patch_embed = LinearPatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                            embed_dim=embed_dim, norm_layer=norm_layer)
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         resolution = img_size // patch_size
         self.layers = nn.ModuleList()

@@ -12,11 +12,12 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, PatchEmbed, drop_path, trunc_normal_
+from timm.layers import DropPath, drop_path, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from ibot.models.checkpointing import run_block
+from ibot.models.patch_embed import LinearPatchEmbed
 
 
 class VisionTransformer(nn.Module):
@@ -56,8 +57,8 @@ class VisionTransformer(nn.Module):
         self.grad_checkpointing = False
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                      embed_dim=embed_dim, output_fmt="NHWC", strict_img_size=False)
+        self.patch_embed = LinearPatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                            embed_dim=embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
