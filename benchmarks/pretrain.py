@@ -3,7 +3,7 @@ official implementation.
 
 Settings: ``cpu`` (the ``cpu`` preset: 4-block ViT, patch 7, 28 + 14 px crops, batch 64, without
 its KoLeo term, which the official step does not have; its data-loader run uses the preset's
-batched colour) and
+batched crops and colour) and
 ``vit_small`` (the official ViT-S/16 recipe: 2 x 224 global + 10 x 96 local crops, block masks,
 out_dim 8192) at a small batch (``--vit-batch``, 4 by default on CPU).
 
