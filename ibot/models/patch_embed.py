@@ -4,9 +4,9 @@ timm's ``PatchEmbed`` projects non-overlapping p x p patches with a ``Conv2d`` w
 stride are both p. :class:`LinearPatchEmbed` keeps that module and its parameters (so the state
 dict keeps ``patch_embed.proj.{weight,bias}``, as official checkpoints have them) and computes the
 same map as a linear layer on the flattened patches: ``tokens = patches @ W.reshape(D, C p^2).T + b``.
-On the CPU oneDNN's convolution is the slow way to do it: for ViT-S/16 crops it took 1.3 times as
-long in fp32 and 5 to 7 times as long in bf16 as the matrix product (forward and backward, one
-thread), for the ``cpu`` preset's 7-px patches 5 to 8 times as long in bf16.
+On the CPU oneDNN's convolution is the slow way to do it, in bf16 above all: with the matrix
+product the ``cpu`` preset's whole training step runs at 1.07 times the images/s
+(``benchmarks/README.md``).
 """
 
 from __future__ import annotations
