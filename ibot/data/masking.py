@@ -16,7 +16,6 @@ import numpy as np
 __all__ = ["MaskGenerator"]
 
 PRED_SHAPES = ("block", "rand")
-TRIES = 10  # BEiT's tries per block before a mask ends
 
 
 def _as_list(value: float | Sequence[float], name: str) -> list[float]:
@@ -82,7 +81,7 @@ class MaskGenerator:
             rng.uniform(r - v, r + v) if v > 0 else r
             for r, v in zip(self.pred_ratio, self.pred_ratio_var)
         ]
-        return float(ratios[int(rng.integers(len(ratios))) if len(ratios) > 1 else 0])
+        return float(ratios[rng.integers(len(ratios))])
 
     def __call__(self, grid: tuple[int, int], epoch: int, rng: np.random.Generator) -> np.ndarray:
         """A ``(h, w)`` bool mask for one global crop."""
@@ -117,21 +116,17 @@ class MaskGenerator:
     def _add_block(
         self, mask: np.ndarray, low: int, budget: float, rng: np.random.Generator
     ) -> int:
-        """Up to 10 tries to mask a rectangle adding between 1 and ``budget`` new cells. The tries'
-        uniforms (area, aspect, top, left) come from one generator call: on the few cells of a
-        small grid most tries miss, and a call per number was the largest share of a data-loader
-        worker's time (``benchmarks/README.md``)."""
+        """Up to 10 tries to mask a rectangle adding between 1 and ``budget`` new cells."""
         height, width = mask.shape
-        (r0, r1), u = self.log_aspect_ratio, rng.random(4 * TRIES).tolist()
-        for t in range(0, 4 * TRIES, 4):
-            area = low + (budget - low) * u[t]  # U(low, budget), also when budget < low
-            aspect = math.exp(r0 + (r1 - r0) * u[t + 1])
+        for _ in range(10):
+            area = low + (budget - low) * rng.random()  # U(low, budget), also when budget < low
+            aspect = math.exp(rng.uniform(*self.log_aspect_ratio))
             h = int(round(math.sqrt(area * aspect)))
             w = int(round(math.sqrt(area / aspect)))
             if h >= height or w >= width:
                 continue
-            top = int(u[t + 2] * (height - h + 1))  # uniform over the placements that fit
-            left = int(u[t + 3] * (width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
             block = mask[top:top + h, left:left + w]  # a view: writing it writes the mask
             added = h * w - int(np.count_nonzero(block))
             if 0 < added <= budget:

@@ -115,26 +115,3 @@ def test_scalar_variance_is_shared_by_all_ratios():
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MaskGenerator(**kwargs)
-
-
-class _CountingGenerator:
-    """A numpy generator that records which of its methods are called, and how often."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng, self.calls = np.random.default_rng(seed), {}
-
-    def __getattr__(self, name):
-        method = getattr(self.rng, name)
-
-        def counted(*args, **kwargs):
-            self.calls[name] = self.calls.get(name, 0) + 1
-            return method(*args, **kwargs)
-        return counted
-
-
-def test_a_block_draws_its_tries_in_one_generator_call():
-    """The workers' cost: one ``random`` call per block placed or given up, whatever its tries."""
-    rng = _CountingGenerator(0)
-    mask = MaskGenerator(0.5, 0)((4, 4), 0, rng)  # a fixed ratio: the ratio itself takes no call
-    assert set(rng.calls) == {"random"}
-    assert rng.calls["random"] <= int(mask.sum()) + 1  # each block adds a cell or ends the mask
